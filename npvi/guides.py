@@ -1,0 +1,144 @@
+"""The guide that owns the variational posteriors of npvi layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import numpyro
+from numpyro import handlers
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.initialization import init_to_median
+
+from npvi.handlers import DENSE_MESSAGE
+from npvi.layers import POSTERIOR_KEY, DenseVariational
+from npvi.validation import check_finite
+
+
+class _WeightSite:
+    """A layer weight the guide places a posterior on."""
+
+    def __init__(self, layer: DenseVariational, part: str, shape: tuple[int, ...], dtype) -> None:
+        self.layer, self.part, self.shape, self.dtype = layer, part, shape, dtype
+        self.posterior = layer.kernel_posterior if part == "kernel" else layer.bias_posterior
+        self.tensor_fn = (
+            layer.kernel_posterior_tensor_fn if part == "kernel" else layer.bias_posterior_tensor_fn
+        )
+
+
+class MeanFieldGuide:
+    r"""Mean-field guide for models built from npvi layers.
+
+    * Every npvi layer weight site (``"<layer>.kernel"``, and ``"<layer>.bias"``
+      when it has a prior) gets the layer's posterior family; by default TFP's
+      independent Normal, :math:`\sigma = \operatorname{softplus}(u) + \varepsilon`,
+      with parameters ``"<site>.loc"`` and ``"<site>.untransformed_scale"``.
+    * Every other latent site (an observation-noise scale, a hierarchical prior
+      scale) is handled by NumPyro's :class:`~numpyro.infer.autoguide.AutoNormal`,
+      with its parameter names ``"<site>_auto_loc"`` and ``"<site>_auto_scale"``.
+
+    The posterior is passed to the model through the weight site's ``infer``
+    dict, which is how Flipout and local reparameterization see :math:`\mu` and
+    :math:`\sigma` during SVI.
+
+    On its first call the guide traces the model once (a prototype, as
+    NumPyro's autoguides do) and checks the observed data for NaN.
+
+    >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import SVI
+    >>> import npvi
+    >>> def model(x, y=None):
+    ...     mu = npvi.DenseFlipout(1, name="l1")(x)[..., 0]
+    ...     with numpyro.plate("data", x.shape[0]):
+    ...         numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+    >>> guide = npvi.MeanFieldGuide(model)
+    >>> svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
+    >>> state = svi.init(jax.random.PRNGKey(0), jnp.ones((4, 2)), jnp.zeros(4))
+    >>> sorted(svi.get_params(state))
+    ['l1.bias', 'l1.kernel.loc', 'l1.kernel.untransformed_scale']
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        *,
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+    ) -> None:
+        self.model = model
+        self.init_loc_fn = init_loc_fn
+        self.init_scale = init_scale
+        self.weight_sites: dict[str, _WeightSite] | None = None
+        self._other_sites: AutoNormal | None = None
+
+    def _setup(self, *args: Any, **kwargs: Any) -> None:
+        rng_key = numpyro.prng_key()
+        rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+        with handlers.block():
+            prototype = handlers.trace(handlers.seed(self.model, rng_key)).get_trace(*args, **kwargs)
+        weight_sites = {}
+        for site in prototype.values():
+            if site["type"] == DENSE_MESSAGE:
+                layer = site["kwargs"]["layer"]
+                parts = ["kernel"] + (["bias"] if layer.use_bias and layer.bias_prior is not None else [])
+                for part in parts:
+                    name = f"{layer.name}.{part}"
+                    value = prototype[name]["value"]
+                    weight_sites[name] = _WeightSite(layer, part, tuple(value.shape), value.dtype)
+            elif site["type"] == "sample" and site["is_observed"]:
+                check_finite(f"site {site['name']!r}", "the observed data", site["value"])
+        others = [
+            name
+            for name, site in prototype.items()
+            if site["type"] == "sample" and not site["is_observed"] and name not in weight_sites
+        ]
+        if others:
+            fixed = {name: prototype[name]["value"] for name in weight_sites}
+            self._other_sites = AutoNormal(
+                handlers.condition(self.model, data=fixed),
+                init_loc_fn=self.init_loc_fn,
+                init_scale=self.init_scale,
+            )
+        self.weight_sites = weight_sites
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        """Sample every latent site from the posterior; returns ``{site: value}``."""
+        if self.weight_sites is None:
+            self._setup(*args, **kwargs)
+        values = {}
+        for name, site in self.weight_sites.items():
+            q = site.posterior(name, site.shape, site.dtype)
+            fixed = {} if site.tensor_fn is None else {name: site.tensor_fn(q)}
+            with handlers.substitute(data=fixed):
+                values[name] = numpyro.sample(name, q, infer={POSTERIOR_KEY: q})
+        if self._other_sites is not None:
+            values.update(self._other_sites(*args, **kwargs))
+        return values
+
+    def sample_posterior(
+        self,
+        rng_key: jax.Array,
+        params: dict[str, jax.Array],
+        *args: Any,
+        sample_shape: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> dict[str, jax.Array]:
+        """Draw ``sample_shape`` posterior samples of every latent site, as AutoGuides do."""
+        def draw(key: jax.Array) -> dict[str, jax.Array]:
+            guide = handlers.substitute(handlers.seed(self, key), data=params)
+            return guide(*args, **kwargs)
+
+        num = int(np.prod(sample_shape))
+        samples = jax.vmap(draw)(jax.random.split(rng_key, num))
+        return {k: v.reshape(tuple(sample_shape) + v.shape[1:]) for k, v in samples.items()}
+
+    def median(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Posterior median of every latent site (the ``loc`` of each weight posterior)."""
+        if self.weight_sites is None:
+            raise RuntimeError("the guide has not been run yet; call svi.init or the guide first")
+        medians = {name: params[f"{name}.loc"] for name in self.weight_sites}
+        if self._other_sites is not None:
+            medians.update(self._other_sites.median(params))
+        return medians
