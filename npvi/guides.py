@@ -73,8 +73,7 @@ class MeanFieldGuide:
         self.weight_sites: dict[str, _WeightSite] | None = None
         self._other_sites: AutoNormal | None = None
 
-    def _setup(self, *args: Any, **kwargs: Any) -> None:
-        rng_key = numpyro.prng_key()
+    def _setup(self, rng_key: jax.Array | None, *args: Any, **kwargs: Any) -> None:
         rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
         with handlers.block():
             prototype = handlers.trace(handlers.seed(self.model, rng_key)).get_trace(*args, **kwargs)
@@ -101,12 +100,18 @@ class MeanFieldGuide:
                 init_loc_fn=self.init_loc_fn,
                 init_scale=self.init_scale,
             )
+            # Set AutoNormal up now, so its first call draws the same keys as later calls.
+            with handlers.block(), handlers.seed(rng_seed=rng_key):
+                self._other_sites(*args, **kwargs)
         self.weight_sites = weight_sites
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Sample every latent site from the posterior; returns ``{site: value}``."""
+        # Drawn on every call, so the first call (which also builds the prototype)
+        # draws the same keys for the sample sites as every later call.
+        setup_key = numpyro.prng_key()
         if self.weight_sites is None:
-            self._setup(*args, **kwargs)
+            self._setup(setup_key, *args, **kwargs)
         values = {}
         for name, site in self.weight_sites.items():
             q = site.posterior(name, site.shape, site.dtype)

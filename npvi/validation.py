@@ -56,8 +56,8 @@ def check_distribution_args(layer: str, what: str, d: dist.Distribution) -> None
             continue
         if not np.all(np.asarray(constraint(value))):
             raise ValueError(
-                f"layer {layer!r}: {what} {type(base).__name__} needs {param} "
-                f"satisfying {constraint}, got {np.asarray(value)!r}"
+                f"layer {layer!r}: {what} {type(base).__name__} needs a valid {param} "
+                f"(expected {constraint}), got {np.asarray(value).tolist()!r}"
             )
 
 
