@@ -1,0 +1,86 @@
+"""Shared helpers: run a guide and a model the way an SVI step does."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.primitives import Messenger
+
+import npvi
+
+
+def svi_traces(model, guide, params, rng_key, *args, **kwargs):
+    """Model and guide traces of one ELBO particle (same key split as npvi.ELBO)."""
+    model_seed, guide_seed = jax.random.split(rng_key)
+    guide_trace = trace(substitute(seed(guide, guide_seed), data=params)).get_trace(*args, **kwargs)
+    replayed = replay(seed(model, model_seed), guide_trace)
+    model_trace = trace(substitute(replayed, data=params)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def init_params(model, guide, *args, seed_value: int = 0, **kwargs):
+    """Initial params as SVI.init creates them (for guide and model)."""
+    from numpyro.infer import SVI, Trace_ELBO
+
+    import optax
+
+    svi = SVI(model, guide, optax.sgd(0.0), Trace_ELBO())
+    return svi.get_params(svi.init(jax.random.PRNGKey(seed_value), *args, **kwargs))
+
+
+def one_layer_model(layer_cls, units=3, **layer_kwargs):
+    """``out = layer(x)`` recorded as a deterministic site, Normal likelihood if y is given."""
+
+    def model(x, y=None):
+        out = layer_cls(units, name="l1", **layer_kwargs)(x)
+        numpyro.deterministic("out", out)
+        if y is not None:
+            with numpyro.plate("data", x.shape[0]):
+                numpyro.sample("y", dist.Normal(out, 1.0).to_event(1), obs=y)
+        return out
+
+    return model
+
+
+class EstimatorSpy(Messenger):
+    """Records, for each npvi layer message it sees, the estimator and whether q arrived."""
+
+    def __init__(self, fn=None, log=None):
+        self.log = [] if log is None else log
+        super().__init__(fn)
+
+    def postprocess_message(self, msg):
+        if msg["type"] == npvi.handlers.DENSE_MESSAGE:
+            kwargs = msg["kwargs"]
+            estimator = kwargs["estimator"] or kwargs["layer"].default_estimator
+            self.log.append((msg["name"], estimator, kwargs["kernel_posterior"] is not None))
+
+
+LAYERS = [npvi.DenseReparameterization, npvi.DenseLocalReparameterization, npvi.DenseFlipout]
+
+
+@pytest.fixture(params=LAYERS, ids=lambda cls: cls.__name__)
+def layer_cls(request):
+    return request.param
+
+
+@pytest.fixture
+def data():
+    kx, ky = jax.random.split(jax.random.PRNGKey(42))
+    x = jax.random.normal(kx, (16, 4))
+    y = jax.random.normal(ky, (16, 3))
+    return x, y
+
+
+def fixed_params(in_features=4, units=3, loc_scale=0.5, untransformed_scale=-1.0, key=7):
+    """Posterior params for a one-layer model with known values."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(key))
+    return {
+        "l1.kernel.loc": loc_scale * jax.random.normal(k1, (in_features, units)),
+        "l1.kernel.untransformed_scale": jnp.full((in_features, units), untransformed_scale),
+        "l1.bias": 0.1 * jax.random.normal(k2, (units,)),
+    }
