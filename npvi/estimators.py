@@ -50,8 +50,8 @@ def local_reparameterization(
 ) -> jax.Array:
     """Sample pre-activations ``N(x @ loc + b, (x*x) @ scale^2)`` independently per example.
 
-    The standard deviation is ``sqrt(max(v, tiny))`` so that an all-zero input row
-    (variance exactly 0) gets a zero gradient instead of ``inf * 0 = NaN``.
+    Where the variance is exactly 0 (an all-zero input row) the standard deviation
+    is 0 with a zero gradient, instead of ``sqrt``'s ``inf * 0 = NaN``.
 
     >>> import jax, jax.numpy as jnp
     >>> out = local_reparameterization(jax.random.PRNGKey(0), jnp.zeros((2, 3)),
@@ -61,7 +61,8 @@ def local_reparameterization(
     """
     mean = x @ loc
     variance = (x * x) @ (scale * scale)
-    std = jnp.sqrt(jnp.maximum(variance, jnp.finfo(variance.dtype).tiny))
+    positive = variance > 0
+    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
     noise = jax.random.normal(rng_key, mean.shape, mean.dtype)
     return _add_bias(mean + std * noise, bias)
 

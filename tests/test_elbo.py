@@ -157,7 +157,7 @@ def test_minibatch_scaling_matches_full_batch():
     # ...and the KL of the global weights is counted once per step, never scaled.
     kl = closed_form_kl(params["l1.kernel.loc"], sigma_of(params))
     w = svi_traces(model, guide, params, key, x, y, n)[1]["l1.kernel"]["value"]
-    for idx, loss in zip(batches, minibatch):
+    for idx, loss in zip(batches, minibatch, strict=True):
         nll = -dist.Normal(x[idx] @ w + params["l1.bias"], 1.0).log_prob(y[idx]).sum()
         np.testing.assert_allclose(loss, kl + (n / b) * nll, rtol=1e-5)
 
@@ -177,7 +177,8 @@ def test_kl_weight_static_traced_and_by_scale(data):
     np.testing.assert_allclose(annealed(0.25), no_kl + 0.25 * kl, rtol=1e-5)
     # handlers.scale around a layer scales its KL (and only what is inside it).
     scaled = numpyro.handlers.scale(prior_only_model(npvi.DenseReparameterization), scale=0.5)
-    np.testing.assert_allclose(npvi.ELBO().loss(key, params, scaled, npvi.MeanFieldGuide(scaled), X), 0.5 * kl, rtol=1e-6)
+    scaled_loss = npvi.ELBO().loss(key, params, scaled, npvi.MeanFieldGuide(scaled), X)
+    np.testing.assert_allclose(scaled_loss, 0.5 * kl, rtol=1e-6)
 
 
 ELBOS = {

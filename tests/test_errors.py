@@ -57,10 +57,12 @@ def test_non_positive_prior_scale():
         dist.Normal(0.0, -1.0)
     prior = dist.Normal(0.0, -1.0, validate_args=False)
     model = one_layer_model(npvi.DenseFlipout, kernel_prior=prior)
-    with pytest.raises(ValueError, match=r"layer 'l1': kernel_prior Normal needs a valid scale \(expected Positive.*\), got -1.0"):
+    expected = r"layer 'l1': kernel_prior Normal needs a valid scale \(expected Positive.*\), got -1.0"
+    with pytest.raises(ValueError, match=expected):
         run_model(model, X)
     hierarchical = lambda name, shape, dtype: dist.Laplace(0.0, jnp.zeros(3), validate_args=False)  # noqa: E731
-    with pytest.raises(ValueError, match=r"layer 'l1': kernel_prior Laplace needs a valid scale.*got \[0.0, 0.0, 0.0\]"):
+    expected = r"layer 'l1': kernel_prior Laplace needs a valid scale.*got \[0.0, 0.0, 0.0\]"
+    with pytest.raises(ValueError, match=expected):
         run_model(one_layer_model(npvi.DenseFlipout, kernel_prior=hierarchical), X)
 
 

@@ -76,7 +76,7 @@ def test_first_and_later_calls_draw_the_same_numbers():
     first = draw(fresh)  # builds the prototype
     later = draw(fresh)
     other = draw(npvi.MeanFieldGuide(big_model))
-    for a, b, c in zip(first, later, other):
+    for a, b, c in zip(first, later, other, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 
