@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpyro
 from numpyro import distributions as dist
 from numpyro import handlers as nhandlers
-from numpyro.primitives import Messenger, _PYRO_STACK, apply_stack
+from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
 
 from npvi import estimators
 from npvi.handlers import DENSE_MESSAGE
@@ -283,9 +283,8 @@ class DenseVariational:
     def _check_value(self, what: str, value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         if jnp.shape(value) != shape:
             raise ValueError(
-                f"layer {self.name!r}: the {what} has shape {jnp.shape(value)}, but inputs "
-                f"with {shape[0] if what == 'kernel' else self.units} features need {shape}; "
-                "was the guide or the params built for other inputs?"
+                f"layer {self.name!r}: the {what} has shape {jnp.shape(value)}, but these inputs "
+                f"need {shape}; were the guide or the params built for other inputs?"
             )
         return value
 

@@ -30,6 +30,11 @@ def test_wrong_rank():
         run_model(one_layer_model(npvi.DenseFlipout), jnp.ones(4))
 
 
+def test_no_features():
+    with pytest.raises(ValueError, match=r"layer 'l1': inputs have no features \(shape \(5, 0\)\)"):
+        run_model(one_layer_model(npvi.DenseFlipout), jnp.ones((5, 0)))
+
+
 def test_prior_shape_mismatch():
     model = one_layer_model(npvi.DenseFlipout, kernel_prior=dist.Normal(jnp.zeros(5), 1.0))
     with pytest.raises(ValueError, match=r"layer 'l1': kernel_prior has shape \(5,\).*weight shape \(4, 3\)"):
@@ -40,7 +45,7 @@ def test_params_for_other_inputs():
     model = one_layer_model(npvi.DenseFlipout)
     guide = npvi.MeanFieldGuide(model)
     params = fixed_params(in_features=6)
-    with pytest.raises(ValueError, match=r"layer 'l1': the kernel has shape \(6, 3\).*need \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"layer 'l1': the kernel has shape \(6, 3\), but these inputs need \(4, 3\)"):
         svi_traces(model, guide, params, jax.random.PRNGKey(0), X)
 
 
