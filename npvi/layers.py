@@ -58,11 +58,20 @@ class _Capture(Messenger):
             self.msg = msg
 
 
-def _sample_site(name: str, fn: dist.Distribution) -> dict:
+def _sample_site(layer: str, name: str, fn: dist.Distribution) -> dict:
     """``numpyro.sample`` that returns the whole message (value and replayed infer)."""
     capture = _Capture()
     with capture:
-        numpyro.sample(name, fn)
+        try:
+            numpyro.sample(name, fn)
+        except AssertionError as error:  # NumPyro's bare assert for a missing PRNG key
+            msg = capture.msg
+            if msg is None or msg["value"] is not None or msg["kwargs"]["rng_key"] is not None:
+                raise
+            raise ValueError(
+                f"layer {layer!r}: drawing {name!r} needs a PRNG key, so the model must run "
+                "under numpyro.handlers.seed (SVI, Predictive and MCMC do this)"
+            ) from error
     return capture.msg
 
 
@@ -210,7 +219,8 @@ class DenseVariational:
         x = self._check_inputs(inputs)
         _check_unique(self.name)
         shape = (x.shape[-1], self.units)
-        kernel_msg = _sample_site(self.kernel_site, self._prior(self.kernel_prior, "kernel_prior", shape, x.dtype))
+        kernel_prior = self._prior(self.kernel_prior, "kernel_prior", shape, x.dtype)
+        kernel_msg = _sample_site(self.name, self.kernel_site, kernel_prior)
         kernel = self._check_weight(kernel_msg, shape)
         bias = None
         if self.use_bias and self.bias_prior is None:
@@ -218,7 +228,7 @@ class DenseVariational:
             self._check_value("bias", bias, (self.units,))
         elif self.use_bias:
             prior = self._prior(self.bias_prior, "bias_prior", (self.units,), x.dtype)
-            bias = self._check_weight(_sample_site(self.bias_site, prior), (self.units,))
+            bias = self._check_weight(_sample_site(self.name, self.bias_site, prior), (self.units,))
         msg = {
             "type": DENSE_MESSAGE,
             "name": self.name,

@@ -44,8 +44,9 @@ def base_distribution(d: dist.Distribution) -> dist.Distribution:
 def check_distribution_args(layer: str, what: str, d: dist.Distribution) -> None:
     """Check a distribution's concrete parameters against its ``arg_constraints``.
 
-    NumPyro only validates parameters when validation is switched on globally;
-    a prior such as ``Normal(0, -1)`` would otherwise surface as a NaN loss.
+    NumPyro validates parameters at construction unless ``validate_args=False``
+    (or validation is switched off); this catches such priors, which would
+    otherwise surface as a NaN loss.
     """
     base = base_distribution(d)
     for param, constraint in base.arg_constraints.items():

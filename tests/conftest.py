@@ -24,9 +24,8 @@ def svi_traces(model, guide, params, rng_key, *args, **kwargs):
 
 def init_params(model, guide, *args, seed_value: int = 0, **kwargs):
     """Initial params as SVI.init creates them (for guide and model)."""
-    from numpyro.infer import SVI, Trace_ELBO
-
     import optax
+    from numpyro.infer import SVI, Trace_ELBO
 
     svi = SVI(model, guide, optax.sgd(0.0), Trace_ELBO())
     return svi.get_params(svi.init(jax.random.PRNGKey(seed_value), *args, **kwargs))

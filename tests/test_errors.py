@@ -139,3 +139,8 @@ def test_flipout_without_seed_is_a_clear_error():
     replayed = numpyro.handlers.replay(substitute(model, data=params), guide_trace)
     with pytest.raises(ValueError, match=r"layer 'l1': flipout draws random numbers.*seed"):
         replayed(X)
+
+
+def test_layer_without_seed_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"layer 'l1': drawing 'l1.kernel' needs a PRNG key.*seed"):
+        npvi.DenseReparameterization(3, name="l1")(X)
