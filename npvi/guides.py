@@ -135,6 +135,9 @@ class MeanFieldGuide:
             guide = handlers.substitute(handlers.seed(self, key), data=params)
             return guide(*args, **kwargs)
 
+        if self.weight_sites is None:  # build the prototype outside vmap, from concrete values
+            with handlers.substitute(data=params):
+                self._setup(rng_key, *args, **kwargs)
         num = int(np.prod(sample_shape))
         samples = jax.vmap(draw)(jax.random.split(rng_key, num))
         return {k: v.reshape(tuple(sample_shape) + v.shape[1:]) for k, v in samples.items()}

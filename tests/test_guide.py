@@ -117,6 +117,17 @@ def test_predictive_and_sample_posterior_and_median(data):
     np.testing.assert_array_equal(median["l1.kernel"], result.params["l1.kernel.loc"])
 
 
+def test_sample_posterior_on_a_fresh_guide(data):
+    x, y = data
+    model = one_layer_model(npvi.DenseFlipout)
+    params = init_params(model, npvi.MeanFieldGuide(model), x)
+    fresh = npvi.MeanFieldGuide(model)
+    samples = fresh.sample_posterior(jax.random.PRNGKey(0), params, x, sample_shape=(4,))
+    assert samples["l1.kernel"].shape == (4, 4, 3)
+    again = fresh.sample_posterior(jax.random.PRNGKey(0), params, x, sample_shape=(4,))
+    np.testing.assert_array_equal(samples["l1.kernel"], again["l1.kernel"])
+
+
 def test_median_before_setup_is_a_clear_error():
     guide = npvi.MeanFieldGuide(big_model)
     try:
