@@ -214,6 +214,29 @@ class DenseVariational:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.units}, name={self.name!r})"
 
+    def get_config(self) -> dict:
+        """JSON-safe constructor arguments; see :func:`npvi.serialization.layer_config`.
+
+        Priors, posteriors and the activation are written as registered names and
+        parameters; a callable that has none raises ``TypeError`` naming the argument.
+
+        >>> import json, jax
+        >>> layer = DenseFlipout(3, activation=jax.nn.relu, name="l1")
+        >>> rebuilt = DenseFlipout.from_config(json.loads(json.dumps(layer.get_config())))
+        >>> rebuilt.activation is jax.nn.relu, rebuilt.kernel_posterior == layer.kernel_posterior
+        (True, True)
+        """
+        from npvi.serialization import layer_config
+
+        return layer_config(self)
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild a layer from :meth:`get_config`'s output; see :func:`npvi.serialization.layer_from_config`."""
+        from npvi.serialization import layer_from_config
+
+        return layer_from_config(cls, config)
+
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the layer: ``activation(inputs @ kernel + bias)`` under the chosen estimator."""
         x = self._check_inputs(inputs)
