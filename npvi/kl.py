@@ -22,6 +22,23 @@ from npvi.layers import KLChoice
 from npvi.validation import base_distribution
 
 
+def exact_kl(q: dist.Distribution, p: dist.Distribution, owner: str, setting: str, instead: str) -> jax.Array:
+    """``numpyro.distributions.kl_divergence(q, p)``, or a ``TypeError`` naming the pair.
+
+    ``owner`` and ``setting`` say who asked for the closed form and how; ``instead``
+    is the setting to use when NumPyro has no closed form for the pair.
+    """
+    try:
+        return dist.kl_divergence(q, p)
+    except NotImplementedError:
+        pair = f"KL({type(base_distribution(q)).__name__} || {type(base_distribution(p)).__name__})"
+        wrapped = f"{type(q).__name__} || {type(p).__name__}"
+        raise TypeError(
+            f"{owner}: {setting} needs a closed-form {pair} (as {wrapped}), which NumPyro does not have; "
+            f"use {instead}"
+        ) from None
+
+
 def kl_term(
     layer: str, what: str, choice: KLChoice, q: dist.Distribution, p: dist.Distribution, value: jax.Array
 ) -> jax.Array:
@@ -34,14 +51,7 @@ def kl_term(
     0.9544
     """
     if choice == "exact":
-        try:
-            kl = dist.kl_divergence(q, p)
-        except NotImplementedError:
-            raise TypeError(
-                f"layer {layer!r}: {what}='exact' needs a closed-form "
-                f"KL({type(base_distribution(q)).__name__} || {type(base_distribution(p)).__name__}), "
-                f"which NumPyro does not have; use {what}='mc' or a callable"
-            ) from None
+        kl = exact_kl(q, p, f"layer {layer!r}", f"{what}='exact'", f"{what}='mc' or a callable")
     elif choice == "mc":
         kl = q.log_prob(value) - p.log_prob(value)
     else:

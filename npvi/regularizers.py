@@ -36,8 +36,8 @@ from numpyro import distributions as dist
 from numpyro import handlers as nhandlers
 from numpyro.primitives import _PYRO_STACK
 
+from npvi.kl import exact_kl
 from npvi.serialization import describe_distribution, distribution_from_description
-from npvi.validation import base_distribution
 
 DistributionB = dist.Distribution | Callable[[], dist.Distribution]
 TestPointsFn = Callable[[dist.Distribution, jax.Array], jax.Array]
@@ -172,15 +172,7 @@ class KLDivergenceRegularizer:
             )
         b = self._b()
         if self.use_exact_kl:
-            try:
-                kl = dist.kl_divergence(distribution_a, b)
-            except NotImplementedError:
-                raise TypeError(
-                    f"{self._owner()}: use_exact_kl=True needs a closed-form "
-                    f"KL({type(base_distribution(distribution_a)).__name__} || "
-                    f"{type(base_distribution(b)).__name__}) (as {type(distribution_a).__name__} || "
-                    f"{type(b).__name__}), which NumPyro does not have; use use_exact_kl=False"
-                ) from None
+            kl = exact_kl(distribution_a, b, self._owner(), "use_exact_kl=True", "use_exact_kl=False")
         else:
             key = _rng_key(self._owner(), rng_key)
             fn = self.test_points_fn or SamplePoints()
