@@ -38,6 +38,7 @@ from npvi.validation import (
     broadcast_to_event,
     check_distribution_args,
     check_finite,
+    traced_site,
 )
 
 #: Key of the kernel/bias site's ``infer`` dict that carries the guide's posterior.
@@ -80,14 +81,12 @@ def _replaying() -> bool:
 
 
 def _check_unique(name: str) -> None:
-    for handler in _PYRO_STACK:
-        if isinstance(handler, nhandlers.trace):
-            site = handler.trace.get(name)
-            if site is not None and site["type"] == DENSE_MESSAGE:
-                raise ValueError(
-                    f"layer name {name!r} is used twice in one model run; "
-                    "every npvi layer needs its own name"
-                )
+    site = traced_site(name)
+    if site is not None and site["type"] == DENSE_MESSAGE:
+        raise ValueError(
+            f"layer name {name!r} is used twice in one model run; "
+            "every npvi layer needs its own name"
+        )
 
 
 def _check_kl(layer: str, what: str, choice: Any) -> None:

@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro import distributions as dist
-from numpyro import handlers as nhandlers
 from numpyro.primitives import _PYRO_STACK
 
 from npvi.kl import exact_kl
 from npvi.serialization import describe_distribution, distribution_from_description
+from npvi.validation import traced_site
 
 DistributionB = dist.Distribution | Callable[[], dist.Distribution]
 TestPointsFn = Callable[[dist.Distribution, jax.Array], jax.Array]
@@ -311,12 +311,11 @@ class KLDivergenceAddLoss(KLDivergenceRegularizer):
 
     def __call__(self, distribution_a: dist.Distribution, rng_key: jax.Array | None = None) -> dist.Distribution:
         """Add ``factor(name, -terms)`` to the model and return ``distribution_a`` unchanged."""
-        for handler in _PYRO_STACK:
-            if isinstance(handler, nhandlers.trace) and self.name in handler.trace:
-                raise ValueError(
-                    f"{self._owner()}: the site name {self.name!r} is already used in this model run; "
-                    "give each KLDivergenceAddLoss call its own name"
-                )
+        if traced_site(self.name) is not None:
+            raise ValueError(
+                f"{self._owner()}: the site name {self.name!r} is already used in this model run; "
+                "give each KLDivergenceAddLoss call its own name"
+            )
         terms = self.terms(distribution_a, rng_key)
         numpyro.factor(self.name, -self._to_plates(terms))
         return distribution_a

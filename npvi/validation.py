@@ -11,12 +11,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
+from numpyro import handlers
 from numpyro.distributions import constraints
+from numpyro.primitives import _PYRO_STACK
 
 
 def is_concrete(value: Any) -> bool:
     """True when ``value`` holds numbers now (not a JAX tracer inside jit/vmap/grad)."""
     return not isinstance(value, jax.core.Tracer)
+
+
+def traced_site(name: str) -> dict | None:
+    """The site called ``name`` already recorded in this run by an enclosing ``trace``, if any.
+
+    Every inference path (SVI, Predictive, MCMC, autoguides) runs the model under
+    ``trace``, so this is where a name used twice in one model run shows up.
+    """
+    for handler in _PYRO_STACK:
+        if isinstance(handler, handlers.trace) and name in handler.trace:
+            return handler.trace[name]
+    return None
 
 
 def check_finite(owner: str, what: str, value: Any) -> None:
