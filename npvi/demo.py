@@ -42,6 +42,8 @@ import numpyro.distributions as dist
 import optax
 from numpy.typing import ArrayLike
 from numpyro.infer import SVI, Predictive
+from scipy.special import logsumexp
+from scipy.stats import norm
 
 import npvi
 
@@ -153,10 +155,8 @@ def predictive_metrics(mu: ArrayLike, sigma: ArrayLike, y: ArrayLike, y_std: flo
     """
     mu, sigma, y = (np.asarray(a, dtype=np.float64) for a in (mu, sigma, y))
     rmse = float(np.sqrt(np.mean((mu.mean(0) - y) ** 2))) * y_std
-    z = (y - mu) / sigma[:, None]
-    log_density = -0.5 * z**2 - np.log(sigma)[:, None] - 0.5 * math.log(2 * math.pi)
-    peak = log_density.max(0)
-    log_predictive = peak + np.log(np.mean(np.exp(log_density - peak), axis=0))
+    log_density = norm.logpdf(y, loc=mu, scale=sigma[:, None])
+    log_predictive = logsumexp(log_density, axis=0) - math.log(len(sigma))
     nll = float(-np.mean(log_predictive)) + math.log(y_std)
     return rmse, nll
 
