@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs notebooks bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,28 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	$(BIN)/npvi demo
 
+# ruff, then pytest: unit tests, doctests, the docs build (tests/test_docs.py) and
+# every notebook executed with small settings (tests/test_notebooks.py).
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/ruff check npvi tests bench
 	$(BIN)/python -m pytest
 
+# HTML docs in docs/_build/html; warnings are errors.
+docs: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Re-execute every notebook in full and store the outputs in place.
+notebooks: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
+	$(BIN)/python notebooks/run.py --full
+
+# The benchmark suite; the TensorFlow columns appear when the `bench` extra installs.
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python bench/bench_step.py
+	-$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) npvi-demo .pytest_cache
+	rm -rf $(VENV) npvi-demo .pytest_cache docs/_build
