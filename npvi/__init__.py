@@ -6,14 +6,23 @@ lives in a guide, the estimators are effect handlers, and the KL is part of the
 ELBO.
 """
 
-from npvi import handlers, losses, serialization
+from npvi import handlers, losses, plots, serialization
 from npvi.elbo import ELBO
 from npvi.guides import MeanFieldGuide
+from npvi.inference_data import to_inference_data
 from npvi.io import load, save
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
 from npvi.posteriors import MeanFieldNormal, PointMass
+from npvi.predictive import Predictive
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
+from npvi.training import fit
+from npvi.uncertainty import (
+    classification_summary,
+    expected_calibration_error,
+    regression_summary,
+    reliability_diagram,
+)
 
 __version__ = "0.1.0"
 
@@ -27,12 +36,20 @@ __all__ = [
     "MeanFieldGuide",
     "MeanFieldNormal",
     "PointMass",
+    "Predictive",
     "SamplePoints",
+    "classification_summary",
+    "expected_calibration_error",
+    "fit",
     "handlers",
     "kl_term",
     "load",
     "losses",
+    "plots",
+    "regression_summary",
+    "reliability_diagram",
     "save",
+    "to_inference_data",
     "serialization",
     "__version__",
 ]

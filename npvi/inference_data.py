@@ -1,0 +1,185 @@
+r"""ArviZ :class:`~arviz.InferenceData` from an SVI fit.
+
+``az.from_numpyro`` only takes MCMC. :func:`to_inference_data` draws from the
+trained guide instead, ``chunk_size`` draws at a time (see
+:mod:`npvi.predictive`), and for each draw :math:`W_s \sim q_\phi` records
+
+* ``posterior``: the latent sites and the deterministic sites;
+* ``posterior_predictive``: :math:`y_s \sim p(y \mid x, W_s)` at every observed site;
+* ``log_likelihood``: :math:`\log p(y_i \mid x_i, W_s)` per observation, which
+  :func:`arviz.loo` and :func:`arviz.waic` need;
+* ``observed_data``: the observed values;
+
+as one chain of ``num_samples`` draws. Layer weights get named dimensions,
+``"<layer>_in"`` and ``"<layer>_units"``; sites inside a plate get the plate's
+name as the dimension.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+
+from npvi.handlers import DENSE_MESSAGE
+from npvi.predictive import Trace, build_prototype, chunked_map, traced_draw
+
+if TYPE_CHECKING:
+    import arviz as az
+
+
+def _import_arviz():
+    with warnings.catch_warnings():
+        # ArviZ 0.x announces its 1.0 refactor with a FutureWarning on import.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def _layer_dims(model_trace: Trace) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Named dims of every layer weight site, and each layer's estimator."""
+    dims, estimators = {}, {}
+    for site in model_trace.values():
+        if site["type"] != DENSE_MESSAGE:
+            continue
+        layer = site["kwargs"]["layer"]
+        estimators[layer.name] = site["kwargs"]["estimator"] or layer.default_estimator
+        dims[layer.kernel_site] = [f"{layer.name}_in", f"{layer.name}_units"]
+        dims[layer.bias_site] = [f"{layer.name}_units"]
+    return dims, estimators
+
+
+def _plate_dims(name: str, site: dict[str, Any]) -> list[str]:
+    """Dims of a site's value: plate names where plates are, ``"<site>_dim_<i>"`` elsewhere."""
+    ndim = jnp.ndim(site["value"])
+    dims = [f"{name}_dim_{i}" for i in range(ndim)]
+    event_dim = site["fn"].event_dim if site["type"] == "sample" else 0
+    for frame in site["cond_indep_stack"]:
+        position = ndim - event_dim + frame.dim
+        if 0 <= position < ndim:
+            dims[position] = frame.name
+    return dims
+
+
+def _select_posterior(
+    guide_trace: Trace,
+    model_trace: Trace,
+    weight_sites: set[str],
+    var_names: Sequence[str] | None,
+    include_weights: bool,
+) -> list[str]:
+    candidates = [
+        name
+        for name, site in model_trace.items()
+        if (site["type"] == "sample" and name in guide_trace and not site["is_observed"])
+        or site["type"] == "deterministic"
+    ]
+    if var_names is not None:
+        missing = [name for name in var_names if name not in candidates]
+        if missing:
+            raise ValueError(
+                f"to_inference_data: var_names {missing} are not latent or deterministic sites of the model; "
+                f"those are {candidates}"
+            )
+        return list(var_names)
+    return [name for name in candidates if include_weights or name not in weight_sites]
+
+
+def to_inference_data(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    params: dict[str, jax.Array],
+    *args: Any,
+    rng_key: jax.Array,
+    num_samples: int = 500,
+    chunk_size: int = 100,
+    var_names: Sequence[str] | None = None,
+    include_weights: bool = True,
+    coords: dict[str, Any] | None = None,
+    dims: dict[str, list[str]] | None = None,
+    **kwargs: Any,
+) -> az.InferenceData:
+    """Draw from the trained guide and collect an :class:`arviz.InferenceData`.
+
+    Call it with the model's inputs *and* observations (``*args, **kwargs`` as
+    for the model), e.g. ``to_inference_data(model, guide, params, x, y,
+    rng_key=key)``. ``var_names`` keeps only the named posterior sites;
+    ``include_weights=False`` leaves out the layer weights (big nets), keeping
+    the other latents and the deterministic sites. ``coords`` and ``dims`` are
+    passed on to :func:`arviz.from_dict` and override the automatic dims.
+
+    ``attrs`` record the npvi and NumPyro versions, the estimator of each
+    layer, and the number of draws.
+
+    >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import SVI
+    >>> import npvi
+    >>> def model(x, y=None):
+    ...     mu = npvi.DenseFlipout(1, name="out")(x)[..., 0]
+    ...     with numpyro.plate("data", x.shape[0]):
+    ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> x, y = jnp.ones((6, 2)), jnp.zeros(6)
+    >>> guide = npvi.MeanFieldGuide(model)
+    >>> svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
+    >>> result = svi.run(jax.random.PRNGKey(0), 10, x, y, progress_bar=False)
+    >>> idata = npvi.to_inference_data(model, guide, result.params, x, y, rng_key=jax.random.PRNGKey(1),
+    ...                                num_samples=20)
+    >>> idata.log_likelihood["y"].dims, idata.posterior["out.kernel"].shape
+    (('chain', 'draw', 'data'), (1, 20, 2, 1))
+    """
+    arviz = _import_arviz()
+    from npvi import __version__
+
+    guide_trace, model_trace = build_prototype(model, guide, params, rng_key, *args, **kwargs)
+    weight_dims, estimators = _layer_dims(model_trace)
+    posterior_sites = _select_posterior(guide_trace, model_trace, set(weight_dims), var_names, include_weights)
+    observed_sites = [n for n, s in model_trace.items() if s["type"] == "sample" and s["is_observed"]]
+    if not observed_sites:
+        raise ValueError(
+            "to_inference_data: the model has no observed site for these arguments; pass the observations "
+            "as for training (e.g. to_inference_data(model, guide, params, x, y, rng_key=key))"
+        )
+
+    def draw(key: jax.Array, inputs: Any) -> dict[str, jax.Array]:
+        params, args, kwargs = inputs
+        trace_key, predictive_key = jax.random.split(key)
+        _, trace = traced_draw(model, guide, params, trace_key, *args, **kwargs)
+        values = {f"posterior/{name}": trace[name]["value"] for name in posterior_sites}
+        for name, key in zip(observed_sites, jax.random.split(predictive_key, len(observed_sites)), strict=True):
+            site = trace[name]
+            values[f"posterior_predictive/{name}"] = site["fn"].sample(key)
+            values[f"log_likelihood/{name}"] = site["fn"].log_prob(site["value"])
+        return values
+
+    draws = chunked_map(draw, rng_key, num_samples, chunk_size, (params, args, kwargs))
+    groups: dict[str, dict[str, np.ndarray]] = {"posterior": {}, "posterior_predictive": {}, "log_likelihood": {}}
+    for path, value in draws.items():
+        group, name = path.split("/", 1)
+        groups[group][name] = np.asarray(value)[None]  # one chain
+    observed = {name: np.asarray(model_trace[name]["value"]) for name in observed_sites}
+
+    all_dims = {name: _plate_dims(name, model_trace[name]) for name in posterior_sites + observed_sites}
+    all_dims.update({name: d for name, d in weight_dims.items() if name in all_dims})
+    all_dims.update(dims or {})
+    attrs = {
+        "npvi_version": __version__,
+        "inference_library": "numpyro",
+        "inference_library_version": numpyro.__version__,
+        "estimator": ", ".join(f"{layer}: {estimator}" for layer, estimator in estimators.items()),
+        "num_samples": num_samples,
+    }
+    return arviz.from_dict(
+        posterior=groups["posterior"],
+        posterior_predictive=groups["posterior_predictive"],
+        log_likelihood=groups["log_likelihood"],
+        observed_data=observed,
+        coords=coords,
+        dims=all_dims,
+        attrs=attrs,
+    )

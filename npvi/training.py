@@ -1,0 +1,165 @@
+r"""A minibatch training loop that runs each epoch on device.
+
+Stepping ``svi.update`` from Python costs one dispatch per minibatch, which
+dominates on small datasets. :func:`fit` compiles one epoch (a fresh
+permutation of the data, then ``svi.update`` on each minibatch inside a
+:func:`jax.lax.scan`) and calls it once per epoch.
+
+The model sees the minibatch and the size of the full dataset:
+``model(*minibatch, num_data=N, **kwargs)``. It puts its likelihood in
+``numpyro.plate("data", num_data, subsample_size=x.shape[0])``, so NumPyro
+scales each minibatch log-likelihood by :math:`N / B` while every layer's KL is
+counted once; the minibatch ELBO is then an unbiased estimate of the
+full-data ELBO
+
+.. math::
+
+    \mathcal{L} = \sum_{\ell} \mathrm{KL}(q_\ell \,\|\, p_\ell)
+    - \frac{N}{B} \sum_{i \in \text{batch}} \log p(y_i \mid x_i, W).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.svi import SVI, SVIRunResult
+from tqdm.auto import tqdm
+
+from npvi.validation import check_finite
+
+#: Keyword through which :func:`fit` tells the model the size of the full dataset.
+NUM_DATA = "num_data"
+
+
+def _accepts_num_data(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        return True
+    return any(p.name == NUM_DATA or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
+    if not data:
+        raise ValueError("fit needs at least one data array (e.g. fit(svi, key, epochs, x, y, ...)), got none")
+    lengths = []
+    for position, array in enumerate(data):
+        if not hasattr(array, "shape") or len(array.shape) == 0:
+            raise TypeError(
+                f"fit: data argument {position} must be an array with the examples on axis 0, "
+                f"got {type(array).__name__} with shape {getattr(array, 'shape', None)}"
+            )
+        check_finite("fit", f"data argument {position}", array)
+        lengths.append(int(array.shape[0]))
+    if len(set(lengths)) != 1:
+        raise ValueError(f"fit: every data array must have the same length on axis 0, got lengths {lengths}")
+    num_data = lengths[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+    if batch_size > num_data:
+        raise ValueError(f"fit: batch_size {batch_size} is larger than the data ({num_data} examples)")
+    return num_data
+
+
+def fit(
+    svi: SVI,
+    rng_key: jax.Array,
+    num_epochs: int,
+    *data: jax.Array,
+    batch_size: int,
+    shuffle: bool = True,
+    progress_bar: bool = True,
+    stable_update: bool = False,
+    init_state: Any = None,
+    init_params: dict[str, jax.Array] | None = None,
+    **kwargs: Any,
+) -> SVIRunResult:
+    r"""Train ``svi`` for ``num_epochs`` passes over minibatches of ``data``.
+
+    Like :meth:`numpyro.infer.SVI.run`, but in epochs of minibatches:
+
+    * every epoch draws a permutation of the ``N`` examples from ``rng_key``
+      (``shuffle=False`` keeps their order) and cuts it into
+      ``N // batch_size`` minibatches; the last ``N % batch_size`` examples of
+      the permutation are left out of that epoch, so every step has the same
+      shape and compiles once;
+    * one epoch is one jitted :func:`jax.lax.scan` of ``svi.update``;
+    * the model (and guide) are called as
+      ``model(*minibatch, num_data=N, **kwargs)``, where ``minibatch`` is the
+      same rows of every array in ``data``;
+    * a progress bar (``progress_bar=False`` switches it off) shows the mean
+      ELBO estimate of the last epoch; a non-finite epoch loss gives a
+      :class:`RuntimeWarning` once, and training goes on as
+      :meth:`~numpyro.infer.SVI.run` does.
+
+    Returns :class:`numpyro.infer.svi.SVIRunResult` with the final ``params``
+    and ``state`` and the ``losses`` of every step, shape
+    ``(num_epochs * (N // batch_size),)``.
+
+    >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import SVI
+    >>> import npvi
+    >>> def model(x, y=None, num_data=None):
+    ...     mu = npvi.DenseFlipout(1, name="out")(x)[..., 0]
+    ...     with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+    ...         numpyro.sample("y", dist.Normal(mu, 0.5), obs=y)
+    >>> x = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
+    >>> y = x @ jnp.array([1.0, -2.0, 0.5])
+    >>> svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
+    >>> result = npvi.fit(svi, jax.random.PRNGKey(0), 5, x, y, batch_size=32, progress_bar=False)
+    >>> result.losses.shape
+    (15,)
+    """
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int | np.integer) or num_epochs < 1:
+        raise ValueError(f"fit: num_epochs must be a positive int, got {num_epochs!r}")
+    num_data = _check_data(data, batch_size)
+    if NUM_DATA in kwargs:
+        raise TypeError(f"fit passes {NUM_DATA}= itself (the length of the data, {num_data}); do not pass it")
+    if not _accepts_num_data(svi.model):
+        raise TypeError(
+            f"fit calls the model as model(*minibatch, {NUM_DATA}=N), but the model does not take a "
+            f"{NUM_DATA!r} keyword; add `{NUM_DATA}=None` to its signature and use "
+            f"numpyro.plate('data', {NUM_DATA}, subsample_size=x.shape[0]) around the likelihood"
+        )
+    data = tuple(jnp.asarray(array) for array in data)
+    num_batches = num_data // batch_size
+    kwargs[NUM_DATA] = num_data
+    init_key, shuffle_key = jax.random.split(rng_key)
+
+    if init_state is None:
+        first = tuple(array[:batch_size] for array in data)
+        state = svi.init(init_key, *first, init_params=init_params, **kwargs)
+    else:
+        state = init_state
+
+    update = svi.stable_update if stable_update else svi.update
+
+    @jax.jit
+    def run_epoch(state: Any, key: jax.Array) -> tuple[Any, jax.Array]:
+        order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
+        rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+        def step(state: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
+            return update(state, *(array[batch] for array in data), **kwargs)
+
+        return jax.lax.scan(step, state, rows)
+
+    losses = []
+    warned = False
+    epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
+    for epoch in epochs:
+        state, epoch_losses = run_epoch(state, jax.random.fold_in(shuffle_key, epoch))
+        losses.append(epoch_losses)
+        mean_loss = float(jnp.mean(epoch_losses))
+        epochs.set_postfix_str(f"ELBO {-mean_loss:.4g}", refresh=False)
+        if not math.isfinite(mean_loss) and not warned:
+            warnings.warn(f"fit: the mean loss of epoch {epoch} is {mean_loss}", RuntimeWarning, stacklevel=2)
+            warned = True
+    return SVIRunResult(svi.get_params(state), state, jnp.concatenate(losses))
