@@ -37,7 +37,8 @@ def plot_elbo(
     """Plot the ELBO (minus the per-step ``losses`` of SVI) against the step.
 
     ``smooth`` steps of moving average (default: about 1% of the steps) tame
-    the minibatch noise; the raw curve is drawn faintly behind it.
+    the minibatch noise; the raw curve is drawn faintly behind it. The y axis
+    leaves out the first 5% of the steps when they are far below the rest.
     """
     elbo = -np.asarray(losses, dtype=np.float64).reshape(-1)
     if elbo.size == 0:
@@ -51,8 +52,11 @@ def plot_elbo(
         ax.plot(steps[window - 1 :], smoothed, color=raw.get_color(), label=label)
     elif label is not None:
         raw.set_label(label)
-    if elbo.min() < 0 < elbo.max() or elbo.max() < 0:
-        ax.set_yscale("symlog")
+    # The first steps are often orders of magnitude worse; keep the rest readable.
+    settled = elbo[elbo.size // 20 :]
+    low, high = np.percentile(settled, 1), settled.max()
+    if high > low:
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     ax.set_xlabel("step")
     ax.set_ylabel("ELBO")
     return ax

@@ -69,22 +69,15 @@ def build_prototype(
         return traced_draw(model, guide, params, rng_key, *args, **kwargs)
 
 
-def chunked_map(
-    draw: Callable[[jax.Array, Any], dict[str, jax.Array]],
-    rng_key: jax.Array,
-    num_samples: int,
-    chunk_size: int,
-    inputs: Any,
-) -> dict[str, jax.Array]:
-    """Stack ``draw(key, inputs)`` over ``num_samples`` keys, ``chunk_size`` keys at a time.
+def chunked_program(
+    draw: Callable[[jax.Array, Any], dict[str, jax.Array]], inputs: Any
+) -> tuple[Callable[[jax.Array, list[jax.Array]], dict[str, jax.Array]], list[jax.Array]]:
+    """The jitted ``run(keys, arrays)`` that maps ``draw`` over keys of shape ``(chunks, chunk_size, 2)``.
 
-    The array leaves of ``inputs`` (params, data) enter the compiled program as
-    arguments, not as constants baked into it; other leaves (``None``, ints)
-    stay static.
+    The array leaves of ``inputs`` (params, data) are returned as ``arrays``, to
+    enter the compiled program as arguments rather than as constants baked into
+    it; other leaves (``None``, ints) stay static.
     """
-    chunk_size = min(chunk_size, num_samples)
-    num_chunks = -(-num_samples // chunk_size)
-    keys = jax.random.split(rng_key, num_chunks * chunk_size).reshape(num_chunks, chunk_size, -1)
     leaves, treedef = jax.tree_util.tree_flatten(inputs)
     dynamic = [isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves]
 
@@ -95,7 +88,27 @@ def chunked_map(
         rebuilt = treedef.unflatten([next(it) if is_array else leaf for leaf, is_array in pairs])
         return jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), keys)
 
-    stacked = run(keys, [leaf for leaf, is_array in zip(leaves, dynamic, strict=True) if is_array])
+    return run, [leaf for leaf, is_array in zip(leaves, dynamic, strict=True) if is_array]
+
+
+def chunked_map(
+    draw: Callable[[jax.Array, Any], dict[str, jax.Array]],
+    rng_key: jax.Array,
+    num_samples: int,
+    chunk_size: int,
+    inputs: Any,
+) -> dict[str, jax.Array]:
+    """Stack ``draw(key, inputs)`` over ``num_samples`` keys, ``chunk_size`` keys at a time.
+
+    The keys are ``jax.random.split(rng_key, num_samples)`` whatever the chunk
+    size, so ``chunk_size`` changes the memory, never the numbers.
+    """
+    chunk_size = min(chunk_size, num_samples)
+    num_chunks = -(-num_samples // chunk_size)
+    keys = jax.random.split(rng_key, num_samples)
+    padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
+    run, arrays = chunked_program(draw, inputs)
+    stacked = run(padded.reshape((num_chunks, chunk_size) + keys.shape[1:]), arrays)
     return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
 
 

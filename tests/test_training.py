@@ -1,0 +1,128 @@
+"""npvi.fit: the epoch loop against svi.run, shuffling, reproducibility, progress bar and bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.infer import SVI
+
+import npvi
+
+N, D = 40, 3
+
+
+def model(x, y=None, num_data=None):
+    mu = npvi.DenseFlipout(1, name="out")(x)[..., 0]
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 0.5), obs=y)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = jax.random.normal(jax.random.PRNGKey(1), (N, D))
+    return x, x @ jnp.array([1.0, -2.0, 0.5])
+
+
+def make_svi(learning_rate=1e-2):
+    return SVI(model, npvi.MeanFieldGuide(model), optax.adam(learning_rate), npvi.ELBO())
+
+
+def test_one_full_batch_per_epoch_matches_svi_run(data):
+    x, y = data
+    key = jax.random.PRNGKey(0)
+    result = npvi.fit(make_svi(), key, 30, x, y, batch_size=N, shuffle=False, progress_bar=False)
+    init_key, _ = jax.random.split(key)  # fit initialises with the first half of its key
+    reference = make_svi().run(init_key, 30, x, y, num_data=N, progress_bar=False)
+    np.testing.assert_allclose(result.losses, reference.losses, rtol=1e-5)
+    for name in reference.params:
+        np.testing.assert_allclose(result.params[name], reference.params[name], rtol=1e-5, atol=1e-6)
+
+
+def test_minibatch_epochs_train_and_count_steps(data):
+    x, y = data
+    result = npvi.fit(make_svi(5e-2), jax.random.PRNGKey(0), 60, x, y, batch_size=16, progress_bar=False)
+    assert result.losses.shape == (60 * (N // 16),)  # the remainder of each epoch is dropped
+    assert np.isfinite(result.losses).all()
+    steps = N // 16
+    assert result.losses[-10 * steps :].mean() < 0.2 * result.losses[: 10 * steps].mean()
+    np.testing.assert_allclose(result.params["out.kernel.loc"][:, 0], [1.0, -2.0, 0.5], atol=0.15)
+
+
+def test_each_epoch_sees_a_fresh_permutation(data):
+    """Pass the row ids as a third data array and record the minibatches that reach the model."""
+    x, y = data
+    seen = []
+
+    def spy_model(x, y=None, ids=None, num_data=None):
+        jax.debug.callback(lambda rows: seen.append(np.asarray(rows)), ids, ordered=True)
+        model(x, y, num_data=num_data)
+
+    svi = SVI(spy_model, npvi.MeanFieldGuide(spy_model), optax.adam(1e-2), npvi.ELBO())
+    ids = jnp.arange(N)
+    npvi.fit(svi, jax.random.PRNGKey(3), 2, x, y, ids, batch_size=10, progress_bar=False)
+    jax.effects_barrier()
+    batches = np.stack(seen[-8:])  # 2 epochs of 4 minibatches; earlier calls are svi.init's
+    first, second = batches[:4].ravel(), batches[4:].ravel()
+    for epoch in (first, second):
+        assert sorted(epoch.tolist()) == list(range(N))  # every row once
+    assert not np.array_equal(first, second)
+    assert not np.array_equal(first, np.arange(N))
+
+
+def test_same_key_same_numbers_other_key_other_numbers(data):
+    x, y = data
+    runs = [
+        npvi.fit(make_svi(), jax.random.PRNGKey(seed), 3, x, y, batch_size=8, progress_bar=False).losses
+        for seed in (0, 0, 1)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+
+
+def test_progress_bar_shows_the_elbo_and_can_be_switched_off(data, capsys):
+    x, y = data
+    npvi.fit(make_svi(), jax.random.PRNGKey(0), 2, x, y, batch_size=20, progress_bar=True)
+    assert "ELBO" in capsys.readouterr().err
+    npvi.fit(make_svi(), jax.random.PRNGKey(0), 2, x, y, batch_size=20, progress_bar=False)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x, y: dict(args=(x, y), batch_size=N + 1), ValueError, f"batch_size {N + 1} is larger than the data"),
+        (lambda x, y: dict(args=(x, y[:-1]), batch_size=8), ValueError, f"got lengths [{N}, {N - 1}]"),
+        (lambda x, y: dict(args=(x, y), batch_size=0), ValueError, "batch_size must be a positive int, got 0"),
+        (lambda x, y: dict(args=(x, y), batch_size=8.0), ValueError, "batch_size must be a positive int, got 8.0"),
+        (lambda x, y: dict(args=(x, 1.0), batch_size=8), TypeError, "data argument 1 must be an array"),
+        (lambda x, y: dict(args=(x, y.at[3].set(jnp.nan)), batch_size=8), ValueError, "data argument 1 must be finite"),
+        (lambda x, y: dict(args=(), batch_size=8), ValueError, "at least one data array"),
+        (lambda x, y: dict(args=(x, y), batch_size=8, num_data=5), TypeError, "fit passes num_data= itself"),
+    ],
+)
+def test_bad_input_is_refused_before_training(data, call, error, message):
+    x, y = data
+    kwargs = call(x, y)
+    args = kwargs.pop("args")
+    with pytest.raises(error) as info:
+        npvi.fit(make_svi(), jax.random.PRNGKey(0), 1, *args, progress_bar=False, **kwargs)
+    assert message in str(info.value)
+
+
+def test_bad_epoch_count_and_a_model_without_num_data(data):
+    x, y = data
+    with pytest.raises(ValueError, match="num_epochs must be a positive int, got 0"):
+        npvi.fit(make_svi(), jax.random.PRNGKey(0), 0, x, y, batch_size=8)
+
+    def plain_model(x, y=None):
+        model(x, y)
+
+    svi = SVI(plain_model, npvi.MeanFieldGuide(plain_model), optax.adam(1e-2), npvi.ELBO())
+    with pytest.raises(TypeError, match="does not take a 'num_data' keyword"):
+        npvi.fit(svi, jax.random.PRNGKey(0), 1, x, y, batch_size=8)
