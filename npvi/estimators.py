@@ -18,6 +18,8 @@ All three have the same per-example mean ``x @ mu + b`` and variance
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -85,9 +87,34 @@ def flipout(
     ...         jnp.zeros((3, 4))).tolist()
     [[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
     """
-    key_in, key_out = jax.random.split(rng_key)
     out_shape = x.shape[:-1] + (loc.shape[-1],)
-    sign_in = jax.random.rademacher(key_in, x.shape, x.dtype)
-    sign_out = jax.random.rademacher(key_out, out_shape, x.dtype)
+    sign_in, sign_out = rademacher_signs(rng_key, x.shape, out_shape, dtype=x.dtype)
     out = x @ loc + ((x * sign_in) @ perturbation) * sign_out
     return _add_bias(out, bias)
+
+
+def rademacher_signs(
+    rng_key: jax.Array, *shapes: tuple[int, ...], dtype=jnp.float32
+) -> tuple[jax.Array, ...]:
+    """Independent fair random signs (+1 or -1), one array per shape, from one key.
+
+    Every sign is one bit of ``jax.random.bits``: a 32-bit word gives 32 signs, where
+    ``jax.random.rademacher`` spends a whole word (a full threefry output) on each
+    sign. All shapes share one draw, so XLA runs one random-number loop, not one per
+    array. The bits of threefry's output are independent and uniform, so the signs are.
+
+    >>> import jax, jax.numpy as jnp
+    >>> a, b = rademacher_signs(jax.random.PRNGKey(0), (2, 3), (4,))
+    >>> a.shape, b.shape, bool(jnp.all(jnp.abs(a) == 1)), a.dtype
+    ((2, 3), (4,), True, dtype('float32'))
+    """
+    sizes = [math.prod(shape) for shape in shapes]
+    total = sum(sizes)
+    words = jax.random.bits(rng_key, (-(-total // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    signs = 1 - 2 * bits.reshape(-1)[:total].astype(dtype)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(signs[start : start + size].reshape(shape))
+        start += size
+    return tuple(out)
