@@ -99,16 +99,15 @@ def _rng_key(owner: str, rng_key: jax.Array | None) -> jax.Array:
 class KLDivergenceRegularizer:
     r"""TFP's ``KLDivergenceRegularizer``: a scalar :math:`\mathrm{KL}(a \,\|\, b)` penalty.
 
-    Args:
-        distribution_b: the :math:`b` of :math:`\mathrm{KL}(a \| b)`, a NumPyro
-            distribution or a zero-argument callable returning one (called on every
-            use, so it may create ``numpyro.param`` sites: a trainable prior).
-        use_exact_kl: the closed form if True; a Monte Carlo estimate otherwise.
-        test_points_reduce_axis: axes of :math:`\log a(z) - \log b(z)` to average
-            over; ``()`` (default) none, ``None`` all.
-        test_points_fn: ``(a, rng_key) -> z``; default one draw ``a.sample(rng_key)``.
-            :class:`SamplePoints` draws several and can be saved in a config.
-        weight: multiplies the KL terms before the final sum.
+    :param distribution_b: the :math:`b` of :math:`\mathrm{KL}(a \| b)`, a NumPyro
+        distribution or a zero-argument callable returning one (called on every
+        use, so it may create ``numpyro.param`` sites: a trainable prior).
+    :param use_exact_kl: the closed form if True; a Monte Carlo estimate otherwise.
+    :param test_points_reduce_axis: axes of :math:`\log a(z) - \log b(z)` to average
+        over; ``()`` (default) none, ``None`` all.
+    :param test_points_fn: ``(a, rng_key) -> z``; default one draw ``a.sample(rng_key)``.
+        :class:`SamplePoints` draws several and can be saved in a config.
+    :param weight: multiplies the KL terms before the final sum.
 
     ``__call__(a, rng_key=None)``: the Monte Carlo estimate takes ``rng_key`` if
     given, else a key from ``numpyro.prng_key()`` inside a seeded model, and raises
