@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModuleNotFoundError as error:  # scikit-learn is an optional dependency
             print(f"npvi demo: {error}", file=sys.stderr)
             return 1
+        except OSError as error:
+            print(f"npvi demo: cannot write the results to {args.out!r}: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

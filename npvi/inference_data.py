@@ -114,8 +114,8 @@ def to_inference_data(
     the other latents and the deterministic sites. ``coords`` and ``dims`` are
     passed on to :func:`arviz.from_dict` and override the automatic dims.
 
-    ``attrs`` record the npvi and NumPyro versions, the estimator of each
-    layer, and the number of draws.
+    The attributes of the InferenceData and of each group record the npvi and
+    NumPyro versions, the estimator of each layer, and the number of draws.
 
     >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import SVI
@@ -174,7 +174,7 @@ def to_inference_data(
         "estimator": ", ".join(f"{layer}: {estimator}" for layer, estimator in estimators.items()),
         "num_samples": num_samples,
     }
-    return arviz.from_dict(
+    idata = arviz.from_dict(
         posterior=groups["posterior"],
         posterior_predictive=groups["posterior_predictive"],
         log_likelihood=groups["log_likelihood"],
@@ -183,3 +183,6 @@ def to_inference_data(
         dims=all_dims,
         attrs=attrs,
     )
+    for group in idata.groups():  # as az.from_numpyro does, so each group read alone says where it came from
+        idata[group].attrs.update(attrs)
+    return idata

@@ -1,8 +1,10 @@
-"""The ``npvi demo`` command: a short real run, and argparse errors for bad options."""
+"""The ``npvi demo`` job: short real runs on both datasets, the files it writes, and bad options."""
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -10,29 +12,51 @@ import pytest
 pytest.importorskip("sklearn")
 
 from npvi.cli import main  # noqa: E402
-from npvi.demo import predictive_metrics  # noqa: E402
-
-METRIC_ROW = r"^\s+{label}\s+(?P<rmse>[-\d.]+)\s+(?P<nll>[-\d.]+)\s*$"
+from npvi.demo import classification_metrics, regression_metrics  # noqa: E402
 
 
-def _metrics(out: str, label: str) -> tuple[float, float]:
-    match = re.search(METRIC_ROW.format(label=re.escape(label)), out, flags=re.MULTILINE)
+def _row(out: str, label: str) -> list[float]:
+    match = re.search(rf"^\s+{re.escape(label)}((?:\s+[-\d.]+)+)\s*$", out, flags=re.MULTILINE)
     assert match, f"no metrics row {label!r} in the output:\n{out}"
-    return float(match["rmse"]), float(match["nll"])
+    return [float(v) for v in match[1].split()]
 
 
-def test_demo_prints_progress_and_beats_the_baseline(capsys):
-    assert main(["demo", "--epochs", "20", "--seed", "1", "--num-samples", "100"]) == 0
-    out = capsys.readouterr().out
-    elbos = [float(v) for v in re.findall(r"^epoch\s+\d+\s+ELBO\s+([-\d.]+)$", out, flags=re.MULTILINE)]
-    assert len(elbos) >= 2 and np.isfinite(elbos).all()
-    assert elbos[-1] > elbos[0]  # training improves the ELBO
-    assert "held-out metrics" in out
-    rmse, nll = _metrics(out, "Flipout BNN")
-    baseline_rmse, baseline_nll = _metrics(out, "baseline (train mean)")
-    assert np.isfinite([rmse, nll, baseline_rmse, baseline_nll]).all()
-    assert rmse < baseline_rmse
-    assert nll < baseline_nll
+def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    argv = ["demo", "--epochs", "8", "--num-samples", "50", "--out", str(out_dir), "--estimator", "lrt"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "ELBO" in captured.err  # the progress bar
+    accuracy, nll, ece = _row(captured.out, "Bayesian MLP")
+    base_accuracy, base_nll, _ = _row(captured.out, "baseline (ignores x)")
+    assert accuracy > 0.85 > base_accuracy and nll < base_nll and 0 <= ece < 0.2
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "elbo.png",
+        "inference_data.nc",
+        "metrics.json",
+        "reliability.png",
+    ]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "digits" and metrics["estimator"] == "lrt" and metrics["epochs"] == 8
+    assert metrics["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    idata = az.from_netcdf(str(out_dir / "inference_data.nc"))
+    assert idata.log_likelihood["y"].shape == (1, 50, 359)
+    assert idata.posterior.attrs["estimator"] == "hidden: local_reparameterization, output: local_reparameterization"
+    assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diabetes_demo_beats_the_baseline(capsys, tmp_path):
+    argv = ["demo", "--dataset", "diabetes", "--epochs", "30", "--seed", "1", "--num-samples", "100"]
+    assert main(argv + ["--out", str(tmp_path), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    rmse, nll = _row(captured.out, "Bayesian MLP")
+    base_rmse, base_nll = _row(captured.out, "baseline (ignores x)")
+    assert rmse < base_rmse and nll < base_nll
+    assert (tmp_path / "predictive.png").exists() and not (tmp_path / "reliability.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -42,6 +66,8 @@ def test_demo_prints_progress_and_beats_the_baseline(capsys):
         (["demo", "--epochs", "abc"], "--epochs: expected a positive integer, got 'abc'"),
         (["demo", "--num-samples", "0"], "--num-samples: expected a positive integer"),
         (["demo", "--seed", "x"], "--seed: expected a non-negative integer"),
+        (["demo", "--dataset", "mnist"], "--dataset: invalid choice: 'mnist'"),
+        (["demo", "--estimator", "bbb"], "--estimator: invalid choice: 'bbb'"),
         (["demo", "--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["no-such-command"], "invalid choice: 'no-such-command'"),
         ([], "the following arguments are required: COMMAND"),
@@ -56,10 +82,27 @@ def test_bad_options_exit_nonzero_with_a_message(capsys, argv, message):
     assert message in err
 
 
-def test_predictive_metrics_match_a_direct_computation():
+def test_an_unwritable_out_directory_fails_cleanly(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = ["demo", "--dataset", "diabetes", "--epochs", "1", "--num-samples", "5", "--no-progress"]
+    assert main(argv + ["--out", str(blocker / "sub")]) == 1
+    assert "npvi demo: cannot write the results" in capsys.readouterr().err
+
+
+def test_regression_metrics_match_a_direct_computation():
     rng = np.random.default_rng(0)
     mu, sigma, y = rng.normal(size=(50, 7)), rng.uniform(0.5, 2.0, size=50), rng.normal(size=7)
-    rmse, nll = predictive_metrics(mu, sigma, y, y_std=3.0)
+    m = regression_metrics(mu, sigma, y, y_std=3.0)
     density = np.exp(-0.5 * ((y - mu) / sigma[:, None]) ** 2) / (np.sqrt(2 * np.pi) * sigma[:, None])
-    np.testing.assert_allclose(rmse, 3.0 * np.sqrt(np.mean((mu.mean(0) - y) ** 2)))
-    np.testing.assert_allclose(nll, -np.mean(np.log(density.mean(0))) + np.log(3.0))
+    np.testing.assert_allclose(m["rmse"], 3.0 * np.sqrt(np.mean((mu.mean(0) - y) ** 2)))
+    np.testing.assert_allclose(m["nll"], -np.mean(np.log(density.mean(0))) + np.log(3.0))
+
+
+def test_classification_metrics_match_a_direct_computation():
+    rng = np.random.default_rng(1)
+    probs, labels = rng.dirichlet(np.ones(3), size=(20, 9)), rng.integers(0, 3, size=9)
+    m = classification_metrics(probs, labels)
+    mean = probs.mean(0)
+    np.testing.assert_allclose(m["accuracy"], np.mean(mean.argmax(-1) == labels))
+    np.testing.assert_allclose(m["nll"], -np.mean(np.log(mean[np.arange(9), labels])))
