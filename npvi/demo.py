@@ -228,7 +228,7 @@ def classification_metrics(probs: ArrayLike, labels: ArrayLike, num_bins: int = 
 
     >>> m = classification_metrics(np.array([[[0.9, 0.1], [0.2, 0.8]]]), np.array([0, 0]))
     >>> round(m["accuracy"], 2), round(m["nll"], 4), round(m["ece"], 2)
-    (0.5, 0.8574, 0.35)
+    (0.5, 0.8574, 0.45)
     """
     predictive = np.asarray(probs, dtype=np.float64).mean(axis=0)
     labels = np.asarray(labels)

@@ -142,7 +142,8 @@ def fit(
     update = svi.stable_update if stable_update else svi.update
 
     @jax.jit
-    def run_epoch(state: Any, key: jax.Array) -> tuple[Any, jax.Array]:
+    def run_epoch(state: Any, key: jax.Array, data: tuple[jax.Array, ...]) -> tuple[Any, jax.Array]:
+        # The data enter as arguments, not as constants folded into the compiled program.
         order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
         rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
 
@@ -155,7 +156,7 @@ def fit(
     warned = False
     epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
     for epoch in epochs:
-        state, epoch_losses = run_epoch(state, jax.random.fold_in(shuffle_key, epoch))
+        state, epoch_losses = run_epoch(state, jax.random.fold_in(shuffle_key, epoch), data)
         losses.append(epoch_losses)
         mean_loss = float(jnp.mean(epoch_losses))
         epochs.set_postfix_str(f"ELBO {-mean_loss:.4g}", refresh=False)
