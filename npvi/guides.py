@@ -14,7 +14,7 @@ from numpyro.infer.initialization import init_to_median
 
 from npvi.handlers import DENSE_MESSAGE
 from npvi.layers import POSTERIOR_KEY, DenseVariational
-from npvi.validation import check_finite
+from npvi.validation import check_finite, is_concrete
 
 
 class _WeightSite:
@@ -26,6 +26,10 @@ class _WeightSite:
         self.tensor_fn = (
             layer.kernel_posterior_tensor_fn if part == "kernel" else layer.bias_posterior_tensor_fn
         )
+
+
+class NeedsConcreteSetup(RuntimeError):
+    """The guide's first call ran under ``jit``/``vmap``, but AutoNormal must set its other latents up eagerly."""
 
 
 class MeanFieldGuide:
@@ -94,6 +98,12 @@ class MeanFieldGuide:
             if site["type"] == "sample" and not site["is_observed"] and name not in weight_sites
         ]
         if others:
+            if not is_concrete(rng_key):
+                raise NeedsConcreteSetup(
+                    f"MeanFieldGuide: the first call of the guide runs under jit or vmap, but the latent sites "
+                    f"{others} use NumPyro's AutoNormal, whose setup needs concrete values; call svi.init "
+                    "(or the guide) outside jit first"
+                )
             fixed = {name: prototype[name]["value"] for name in weight_sites}
             self._other_sites = AutoNormal(
                 handlers.condition(self.model, data=fixed),

@@ -21,8 +21,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from numpyro import handlers
+
+from npvi.tracing import split_arrays
 
 Trace = dict[str, dict[str, Any]]
 
@@ -78,17 +79,14 @@ def chunked_program(
     enter the compiled program as arguments rather than as constants baked into
     it; other leaves (``None``, ints) stay static.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(inputs)
-    dynamic = [isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves]
+    arrays, rebuild = split_arrays(inputs)
 
     @jax.jit
     def run(keys: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
-        it = iter(arrays)
-        pairs = zip(leaves, dynamic, strict=True)
-        rebuilt = treedef.unflatten([next(it) if is_array else leaf for leaf, is_array in pairs])
+        rebuilt = rebuild(arrays)
         return jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), keys)
 
-    return run, [leaf for leaf, is_array in zip(leaves, dynamic, strict=True) if is_array]
+    return run, arrays
 
 
 def chunked_map(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,12 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.infer.svi import SVI, SVIRunResult
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
+from npvi.guides import MeanFieldGuide, NeedsConcreteSetup
+from npvi.tracing import split_arrays
 from npvi.validation import check_finite
 
 #: Keyword through which :func:`fit` tells the model the size of the full dataset.
 NUM_DATA = "num_data"
+
+#: Compiled inits and epochs per SVI object, so that repeated fits (notebooks, sweeps) compile once.
+_COMPILED: weakref.WeakKeyDictionary[SVI, dict[tuple, Callable]] = weakref.WeakKeyDictionary()
 
 
 def _accepts_num_data(fn: Callable[..., Any]) -> bool:
@@ -66,6 +72,75 @@ def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
     if batch_size > num_data:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the data ({num_data} examples)")
     return num_data
+
+
+def _compiled_epoch(
+    svi: SVI, num_data: int, batch_size: int, shuffle: bool, stable_update: bool, kwargs: dict[str, Any]
+) -> Callable[[Any, jax.Array, tuple[jax.Array, ...]], tuple[Any, jax.Array]]:
+    """One jitted epoch ``(state, key, data) -> (state, losses)``, reused by later fits of the same ``svi``.
+
+    The data enter as arguments, not as constants folded into the compiled
+    program, so a second ``fit`` with same-shaped data compiles nothing.
+    """
+    cache_key = _hashable("epoch", num_data, batch_size, shuffle, stable_update, tuple(sorted(kwargs.items())))
+    cached = _COMPILED.setdefault(svi, {})
+    if cache_key is not None and cache_key in cached:
+        return cached[cache_key]
+    update = svi.stable_update if stable_update else svi.update
+    num_batches = num_data // batch_size
+
+    @jax.jit
+    def run_epoch(state: Any, key: jax.Array, data: tuple[jax.Array, ...]) -> tuple[Any, jax.Array]:
+        order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
+        rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+        def step(state: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
+            return update(state, *(array[batch] for array in data), **kwargs)
+
+        return jax.lax.scan(step, state, rows)
+
+    if cache_key is not None:
+        cached[cache_key] = run_epoch
+    return run_epoch
+
+
+def _hashable(*parts: Any) -> tuple | None:
+    try:
+        hash(parts)
+    except TypeError:  # e.g. an array among the keyword arguments
+        return None
+    return parts
+
+
+def _init(svi: SVI, rng_key: jax.Array, batch: tuple, init_params: dict | None, kwargs: dict[str, Any]) -> Any:
+    """``svi.init``, compiled as one program for a MeanFieldGuide, which saves seconds of eager tracing.
+
+    A :class:`~npvi.MeanFieldGuide` can set itself up under ``jit`` unless it
+    hands latents to AutoNormal, whose first call must run eagerly; then, and
+    for other guides (whose setup may keep traced values), ``svi.init`` runs
+    eagerly as in NumPyro. The compiled init is kept for later fits of ``svi``.
+    """
+    guide = svi.guide
+    if not isinstance(guide, MeanFieldGuide):
+        return svi.init(rng_key, *batch, init_params=init_params, **kwargs)
+    cache_key = _hashable("init", len(batch), tuple(sorted(kwargs.items()))) if init_params is None else None
+    cached = _COMPILED.setdefault(svi, {})
+    arrays, rebuild = split_arrays((batch, init_params, kwargs))
+    compiled = cached.get(cache_key) if cache_key is not None else None
+    if compiled is None:
+
+        def init(key: jax.Array, arrays: list[jax.Array]) -> Any:
+            batch, init_params, kwargs = rebuild(arrays)
+            return svi.init(key, *batch, init_params=init_params, **kwargs)
+
+        compiled = jax.jit(init)
+        if cache_key is not None:
+            cached[cache_key] = compiled
+    try:
+        return compiled(rng_key, arrays)
+    except NeedsConcreteSetup:
+        guide.weight_sites, guide._other_sites = None, None
+        return svi.init(rng_key, *batch, init_params=init_params, **kwargs)
 
 
 def fit(
@@ -129,29 +204,15 @@ def fit(
             f"numpyro.plate('data', {NUM_DATA}, subsample_size=x.shape[0]) around the likelihood"
         )
     data = tuple(jnp.asarray(array) for array in data)
-    num_batches = num_data // batch_size
     kwargs[NUM_DATA] = num_data
     init_key, shuffle_key = jax.random.split(rng_key)
 
     if init_state is None:
-        first = tuple(array[:batch_size] for array in data)
-        state = svi.init(init_key, *first, init_params=init_params, **kwargs)
+        state = _init(svi, init_key, tuple(array[:batch_size] for array in data), init_params, kwargs)
     else:
         state = init_state
 
-    update = svi.stable_update if stable_update else svi.update
-
-    @jax.jit
-    def run_epoch(state: Any, key: jax.Array, data: tuple[jax.Array, ...]) -> tuple[Any, jax.Array]:
-        # The data enter as arguments, not as constants folded into the compiled program.
-        order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
-        rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
-
-        def step(state: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
-            return update(state, *(array[batch] for array in data), **kwargs)
-
-        return jax.lax.scan(step, state, rows)
-
+    run_epoch = _compiled_epoch(svi, num_data, batch_size, shuffle, stable_update, kwargs)
     losses = []
     warned = False
     epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")

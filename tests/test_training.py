@@ -126,3 +126,42 @@ def test_bad_epoch_count_and_a_model_without_num_data(data):
     svi = SVI(plain_model, npvi.MeanFieldGuide(plain_model), optax.adam(1e-2), npvi.ELBO())
     with pytest.raises(TypeError, match="does not take a 'num_data' keyword"):
         npvi.fit(svi, jax.random.PRNGKey(0), 1, x, y, batch_size=8)
+
+
+def noisy_model(x, y=None, num_data=None):
+    mu = npvi.DenseReparameterization(1, name="out")(x)[..., 0]
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def test_a_model_with_other_latents_initialises_eagerly_and_still_matches_svi_run(data):
+    """AutoNormal (for sigma) must set up eagerly, so fit falls back from its compiled init."""
+    x, y = data
+
+    def svi():
+        return SVI(noisy_model, npvi.MeanFieldGuide(noisy_model), optax.adam(1e-2), npvi.ELBO())
+
+    key = jax.random.PRNGKey(5)
+    result = npvi.fit(svi(), key, 20, x, y, batch_size=N, shuffle=False, progress_bar=False)
+    reference = svi().run(jax.random.split(key)[0], 20, x, y, num_data=N, progress_bar=False)
+    np.testing.assert_allclose(result.losses, reference.losses, rtol=1e-5)
+    assert "sigma_auto_loc" in result.params
+
+
+def test_jitting_the_first_guide_call_with_other_latents_says_what_to_do(data):
+    x, y = data
+    svi = SVI(noisy_model, npvi.MeanFieldGuide(noisy_model), optax.adam(1e-2), npvi.ELBO())
+    with pytest.raises(RuntimeError, match=r"latent sites \['sigma'\] use NumPyro's AutoNormal.*outside jit first"):
+        jax.jit(svi.init)(jax.random.PRNGKey(0), x, y)
+
+
+def test_repeated_fits_reuse_the_compiled_epoch(data):
+    x, y = data
+    svi = make_svi()
+    first = npvi.fit(svi, jax.random.PRNGKey(0), 2, x, y, batch_size=8, progress_bar=False)
+    again = npvi.fit(svi, jax.random.PRNGKey(0), 2, x, y, batch_size=8, progress_bar=False)
+    np.testing.assert_array_equal(first.losses, again.losses)  # same key, same numbers, cached programs
+    from npvi.training import _COMPILED
+
+    assert sorted(k[0] for k in _COMPILED[svi]) == ["epoch", "init"]

@@ -1,0 +1,33 @@
+"""Run Python-heavy NumPyro code under :func:`jax.jit` with only the arrays as traced arguments.
+
+Eager JAX compiles every new operation on its first use, so tracing a model
+eagerly (as guide prototypes and ``svi.init`` do) costs seconds of op-by-op
+compilation. One :func:`jax.jit` of the whole trace compiles a single program
+instead. Model arguments mix arrays with static values (``None``, an int
+``num_data`` that sizes a plate), so only the array leaves may become tracers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def split_arrays(tree: Any) -> tuple[list[jax.Array], Callable[[list[jax.Array]], Any]]:
+    """The array leaves of ``tree``, and ``rebuild(arrays)`` that puts (traced) arrays back in their place.
+
+    >>> arrays, rebuild = split_arrays(((np.ones(2), None), {"num_data": 5}))
+    >>> len(arrays), rebuild([np.zeros(2)])
+    (1, ((array([0., 0.]), None), {'num_data': 5}))
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves]
+
+    def rebuild(arrays: list[jax.Array]) -> Any:
+        it = iter(arrays)
+        return treedef.unflatten([next(it) if array else leaf for leaf, array in zip(leaves, is_array, strict=True)])
+
+    return [leaf for leaf, array in zip(leaves, is_array, strict=True) if array], rebuild
