@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs notebooks bench clean
+.PHONY: demo test lint docs docs-examples notebooks bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,18 @@ demo: $(BIN)/python
 # every notebook executed with small settings (tests/test_notebooks.py).
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/ruff check npvi tests bench
+	$(BIN)/ruff check npvi tests bench docs notebooks
 	$(BIN)/python -m pytest
 
 # HTML docs in docs/_build/html; warnings are errors.
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Run every docs page's Python examples (about ten minutes: they train networks).
+docs-examples: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python docs/run_examples.py
 
 # Re-execute every notebook in full and store the outputs in place.
 notebooks: $(BIN)/python

@@ -5,8 +5,9 @@ temporary directory with the same flags (``-W --keep-going``: warnings are error
 docstring that breaks the reST, a broken cross-page link or a page left out of the toctree
 fails ``make test``.
 
-The code examples on the pages are long-running scripts (they train networks), so they are not
-part of ``make test``. Run them with ``NPVI_DOCS_EXAMPLES=1 pytest tests/test_docs.py``.
+The code examples on the pages are long-running scripts (they train networks, about ten
+minutes in all), so they are not part of ``make test``: ``make docs-examples`` runs them
+(``docs/run_examples.py``).
 """
 
 from __future__ import annotations
@@ -102,18 +103,3 @@ def test_public_names_link_to_the_api_page(html: Path) -> None:
     index = (html / "index.html").read_text()
     assert 'href="api.html#npvi.guides.MeanFieldGuide"' in index
     assert 'href="api.html#npvi.training.fit"' in index
-
-
-def _python_blocks(page: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
-
-
-@pytest.mark.skipif(not os.environ.get("NPVI_DOCS_EXAMPLES"), reason="slow; set NPVI_DOCS_EXAMPLES=1 to run")
-@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md") if _python_blocks(p)))
-def test_page_examples_run(page: str, tmp_path: Path) -> None:
-    """The ```python blocks of a page, run top to bottom as one script in a fresh interpreter."""
-    script = tmp_path / "page.py"
-    script.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + "\n".join(_python_blocks(DOCS / page)))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, f"{page}:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
