@@ -169,6 +169,9 @@ def fit(
     * the model (and guide) are called as
       ``model(*minibatch, num_data=N, **kwargs)``, where ``minibatch`` is the
       same rows of every array in ``data``;
+    * with a :class:`~npvi.MeanFieldGuide`, ``svi.init`` runs as one compiled
+      program too, and the compiled init and epoch are kept for later fits of
+      the same ``svi`` with same-shaped data;
     * a progress bar (``progress_bar=False`` switches it off) shows the mean
       ELBO estimate of the last epoch; a non-finite epoch loss gives a
       :class:`RuntimeWarning` once, and training goes on as
