@@ -62,7 +62,12 @@ def execute(path: Path, *, smoke: bool, timeout: int = 600) -> nbformat.Notebook
         )
         cwd = kernels if smoke else str(HERE)  # a smoke run leaves no files in the tree
         client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": cwd}})
-        client.execute(env=env)
+        try:
+            client.execute(env=env)
+        finally:
+            # The client leaves a kernel it was handed running (1+ GB each with JAX loaded).
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     return nb
 
 
