@@ -14,8 +14,6 @@ Each returns a :class:`timing.Variant` whose carry ends with the loss.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,10 +26,10 @@ from numpyro.infer import SVI
 from timing import Variant
 
 import npvi
+from npvi.estimators import rademacher_signs  # pure JAX: the same sign draw as npvi
 
 DTYPE = jnp.float32
 EPS = float(jnp.finfo(DTYPE).eps)
-TINY = float(jnp.finfo(DTYPE).tiny)
 LR = 1e-3
 
 ESTIMATORS = {
@@ -89,13 +87,13 @@ def npvi_svi(problem: Problem, estimator: str, x, y, seed: int = 0):
 
 def npvi_step(problem: Problem, estimator: str, x, y, seed: int = 0) -> tuple[Variant, SVI, object]:
     svi, state = npvi_svi(problem, estimator, x, y, seed)
-    update = jax.jit(svi.update)
 
     def advance(carry):
-        return update(carry[0], x, y)
+        return variant.update(carry[0], x, y)
 
     variant = Variant(f"npvi {SHORT[estimator]}", advance, (state, jnp.zeros((), DTYPE)))
-    variant.update = update
+    variant.update = jax.jit(svi.update)
+    variant.first_args = (state, x, y)
     return variant, svi, state
 
 
@@ -118,15 +116,6 @@ def params_from_npvi(problem: Problem, npvi_params: dict) -> dict[str, dict[str,
     }
 
 
-def signs(key: jax.Array, shapes: tuple[tuple[int, ...], ...], dtype) -> list[jax.Array]:
-    """Fair random signs, one bit of a ``uint32`` word each, one draw for all shapes."""
-    sizes = [math.prod(shape) for shape in shapes]
-    words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
-    flat = 1 - 2 * ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1).astype(dtype)
-    offsets = [0, *itertools.accumulate(sizes)]
-    return [flat[a:b].reshape(shape) for a, b, shape in zip(offsets, offsets[1:], shapes, strict=False)]
-
-
 def plain_layer(estimator: str, key: jax.Array, eps: jax.Array, x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
     """One layer; ``eps`` is the N(0, 1) weight noise, ``key`` the layer's own key (LRT, Flipout)."""
     mu, s = p["loc"], sigma(p["u"])
@@ -138,7 +127,7 @@ def plain_layer(estimator: str, key: jax.Array, eps: jax.Array, x: jax.Array, p:
         positive = var > 0
         std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)
         return mean + std * jax.random.normal(key, mean.shape, mean.dtype) + p["bias"]
-    s_in, s_out = signs(key, (x.shape, x.shape[:-1] + (mu.shape[-1],)), x.dtype)
+    s_in, s_out = rademacher_signs(key, x.shape, x.shape[:-1] + (mu.shape[-1],), dtype=x.dtype)
     return x @ mu + ((x * s_in) @ (eps * s)) * s_out + p["bias"]
 
 
@@ -202,15 +191,15 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation):
 
 def _variant(label: str, loss_fn: Callable, params, x, y, key: jax.Array | None = None) -> Variant:
     optimizer = optax.adam(LR)
-    update = jax.jit(make_update(loss_fn, optimizer))
 
     def advance(carry):
-        return update(*carry[:3], x, y)
+        return variant.update(*carry[:3], x, y)
 
     key = jax.random.PRNGKey(1) if key is None else key
     carry = (params, optimizer.init(params), key, jnp.zeros((), DTYPE))
     variant = Variant(label, advance, carry)
-    variant.update = update
+    variant.update = jax.jit(make_update(loss_fn, optimizer))
+    variant.first_args = (*carry[:3], x, y)
     return variant
 
 

@@ -28,6 +28,9 @@ class Variant:
         self.first_call_s = float("nan")
         self.block_ms: list[float] = []
         self.update: Callable | None = None  # the jitted update, where the step has one
+        self.first_args: tuple | None = None  # its arguments at the first step
+        self.lower_s = float("nan")
+        self.compile_s = float("nan")
 
     def first_call(self) -> float:
         """Run the first step (trace + compile + one step) and return its wall time."""
@@ -35,6 +38,19 @@ class Variant:
         self.carry = self._sync(self._step(self.carry))
         self.first_call_s = time.perf_counter() - start
         return self.first_call_s
+
+    def compile_ahead(self) -> tuple[float, float]:
+        """Trace + lower, then XLA-compile the jitted update ahead of time; it is used from then on.
+
+        Returns ``(lower_s, compile_s)``: Python tracing and lowering to StableHLO, then
+        XLA's compile. Only for JAX steps (``update`` set).
+        """
+        start = time.perf_counter()
+        lowered = self.update.lower(*self.first_args)
+        mid = time.perf_counter()
+        self.update = lowered.compile()
+        self.lower_s, self.compile_s = mid - start, time.perf_counter() - mid
+        return self.lower_s, self.compile_s
 
     def run(self, n: int) -> float:
         carry = self.carry

@@ -86,3 +86,15 @@ def test_lrt_and_flipout_lower_gradient_variance():
     # estimate each total variance to a few percent.
     assert total_variance["local_reparameterization"] < 0.5 * total_variance["reparameterization"], total_variance
     assert total_variance["flipout"] < 0.5 * total_variance["reparameterization"], total_variance
+
+
+def test_rademacher_signs_are_fair_independent_and_shaped():
+    a, b = npvi.estimators.rademacher_signs(jax.random.PRNGKey(0), (100, 50), (7,))
+    assert a.shape == (100, 50) and b.shape == (7,)
+    assert set(np.unique(a).tolist()) == {-1.0, 1.0}
+    # 5000 fair signs: the mean has standard error 1 / sqrt(5000) ~ 0.014; five of them.
+    assert abs(float(a.mean())) < 5 / np.sqrt(a.size)
+    # Neighbouring signs come from neighbouring bits of one word: their products must
+    # average 0 too (same standard error), or the packing would correlate them.
+    flat = a.reshape(-1)
+    assert abs(float(jnp.mean(flat[1:] * flat[:-1]))) < 5 / np.sqrt(a.size - 1)
