@@ -9,6 +9,8 @@ given batch, with a Normal likelihood on the layer's output:
 
 * npvi: ``npvi.ELBO().loss`` of a one-layer model through ``MeanFieldGuide``
   (so the guide's draws, the KL and the estimator are all in it);
+* plain JAX: the same estimator written by hand (``steps.plain_layer``, closed-form KL),
+  which separates what the estimator itself needs from what npvi adds;
 * deterministic: ``x @ W + b`` with the same likelihood (the floor).
 
 Materialising per-example weights would need batch * in * units floats
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from steps import ESTIMATORS
+from steps import ESTIMATORS, plain_kl, plain_layer
 
 import npvi
 
@@ -68,6 +70,21 @@ def npvi_grad_memory(estimator: str, batch: int, n_in: int, units: int) -> dict[
     return _bytes(jax.jit(grad).lower(params, key, x, y).compile())
 
 
+def plain_grad_memory(estimator: str, batch: int, n_in: int, units: int) -> dict[str, int]:
+    def loss(p, key, x, y):
+        noise_key, layer_key = jax.random.split(key)
+        eps = jax.random.normal(noise_key, p["loc"].shape, p["loc"].dtype)
+        out = plain_layer(estimator, layer_key, eps, x, p)
+        return -jnp.sum(jax.scipy.stats.norm.logpdf(y, out, 1.0)) + plain_kl({"l1": p})
+
+    weight = jax.ShapeDtypeStruct((n_in, units), jnp.float32)
+    params = {"loc": weight, "u": weight, "bias": jax.ShapeDtypeStruct((units,), jnp.float32)}
+    x = jax.ShapeDtypeStruct((batch, n_in), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch, units), jnp.float32)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return _bytes(jax.jit(jax.grad(loss)).lower(params, key, x, y).compile())
+
+
 def deterministic_grad_memory(batch: int, n_in: int, units: int) -> dict[str, int]:
     def loss(params, x, y):
         out = x @ params["w"] + params["b"]
@@ -88,7 +105,7 @@ def measure(
     units: int = 2048,
     estimators=("local_reparameterization", "flipout", "reparameterization"),
 ) -> dict:
-    """``{"deterministic": bytes, estimator: bytes, ...}`` plus the per-example-weights figure."""
+    """``{"deterministic": bytes, estimator: bytes, "plain " + estimator: bytes, ...}`` and the per-example figure."""
     result = {
         "batch": batch,
         "in": n_in,
@@ -97,5 +114,6 @@ def measure(
     }
     for estimator in estimators:
         result[estimator] = npvi_grad_memory(estimator, batch, n_in, units)
+        result[f"plain {estimator}"] = plain_grad_memory(estimator, batch, n_in, units)
     result["per_example_weights_bytes"] = batch * n_in * units * 4
     return result

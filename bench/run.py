@@ -6,7 +6,8 @@ scaled for N = 60000, Adam 1e-3, float32):
 1. step time, side by side and interleaved: npvi's SVI step (reparameterization,
    LRT, Flipout), the same step written by hand in plain JAX, the deterministic
    network (plain JAX; and Keras Dense), and TFP's three layers in a ``tf.function``
-   step when the ``bench`` extra is installed;
+   step when the ``bench`` extra is installed, and the same step in plain PyTorch
+   (``torch_steps.py``) when torch is installed (on a GPU machine, say);
 2. compile time of the first step (trace + lower, XLA compile), npvi against plain JAX;
 3. peak memory (XLA's compiled memory analysis) of a 2048 -> 2048 layer at batch
    4096, forward + backward, against the deterministic layer;
@@ -39,6 +40,7 @@ import optax  # noqa: E402
 import scaling  # noqa: E402
 import steps as S  # noqa: E402
 import tfp_steps  # noqa: E402
+import torch_steps  # noqa: E402
 from timing import Variant, interleave, paired_ratio  # noqa: E402
 
 import npvi  # noqa: E402
@@ -73,7 +75,7 @@ def load() -> str:
 # --------------------------------------------------------------------------- 1 + 2: step and compile time
 
 
-def step_times(args, tfp_ok: bool) -> dict:
+def step_times(args, tfp_ok: bool, torch_ok: bool) -> dict:
     problem = S.Problem()
     x, y = problem.batch_data()
     groups: list[list[Variant]] = []
@@ -84,11 +86,15 @@ def step_times(args, tfp_ok: bool) -> dict:
         group = [npvi_v, plain_v]
         if tfp_ok:
             group.append(tfp_steps.tfp_step(problem, est, x, y, S.LR))
+        if torch_ok:
+            group.append(torch_steps.torch_step(problem, est, x, y, S.LR, threads=args.torch_threads))
         groups.append(group)
         pairs[est] = group
     floor = [S.deterministic_step(problem, x, y)]
     if tfp_ok:
         floor.append(tfp_steps.tfp_step(problem, None, x, y, S.LR, deterministic=True))
+    if torch_ok:
+        floor.append(torch_steps.torch_step(problem, None, x, y, S.LR, deterministic=True, threads=args.torch_threads))
     groups.append(floor)
     variants = [v for g in groups for v in g]
 
@@ -125,9 +131,10 @@ def step_times(args, tfp_ok: bool) -> dict:
             "plain/deterministic paired": paired_ratio(plain_v, det),
             "compile npvi/plain": (npvi_v.lower_s + npvi_v.compile_s) / (plain_v.lower_s + plain_v.compile_s),
         }
-        if tfp_ok:
-            r["npvi/TFP median"] = npvi_v.median_ms / group[2].median_ms
-            r["npvi/TFP paired"] = paired_ratio(npvi_v, group[2])
+        for other in group[2:]:  # TFP, PyTorch
+            who = other.label.split()[0]
+            r[f"npvi/{who} median"] = npvi_v.median_ms / other.median_ms
+            r[f"npvi/{who} paired"] = paired_ratio(npvi_v, other)
         ratios[est] = r
     return {"rows": rows, "ratios": ratios, "order": [v.label for v in variants]}
 
@@ -186,6 +193,12 @@ def targets(step: dict, mem: dict | None, tfp_ok: bool) -> list[dict]:
                 1.5,
                 "argument+output+temp bytes",
             )
+            add(
+                f"peak memory plain-JAX {S.SHORT[est]} / deterministic",
+                mem[f"plain {est}"]["total"] / det,
+                1.5,
+                "for reference",
+            )
     for est in S.ESTIMATORS:
         add(
             f"compile npvi / plain JAX, {S.SHORT[est]}",
@@ -213,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke run (under a minute): tiny sweeps, few steps")
     parser.add_argument("--quality", action="store_true", help="also run compare_tfp_quality.py (issue 4)")
     parser.add_argument("--no-tfp", action="store_true", help="leave TFP out even when it is installed")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads for PyTorch's steps")
     parser.add_argument(
         "--only", nargs="+", choices=["step", "memory", "scaling", "gradvar"], help="run only these parts"
     )
@@ -228,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
 
     tfp_ok, tfp_why = (False, "--no-tfp") if args.no_tfp else tfp_steps.available()
+    torch_ok, torch_why = (False, "--no-torch") if args.no_torch else torch_steps.available()
     info = machine()
     started = time.perf_counter()
     print(
@@ -236,8 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"npvi {info['npvi']}"
     )
     print(f"TFP: {tfp_why}" if tfp_ok else f"TFP columns absent: {tfp_why}")
+    print(f"PyTorch: {torch_why}" if torch_ok else f"PyTorch columns absent: {torch_why}")
     print(f"load average at start: {load()}")
-    result = {"machine": info, "tfp": tfp_why if tfp_ok else None, "quick": args.quick, "load_start": load()}
+    result = {
+        "machine": info,
+        "tfp": tfp_why if tfp_ok else None,
+        "torch": torch_why if torch_ok else None,
+        "quick": args.quick,
+        "load_start": load(),
+    }
 
     step = mem = None
     if "step" in parts:
@@ -245,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"\n## 1-2. Step and compile time: {S.Problem().describe()}; {args.warmup} warm-up steps, "
             f"{args.blocks} interleaved blocks x {args.steps} steps"
         )
-        step = step_times(args, tfp_ok)
+        step = step_times(args, tfp_ok, torch_ok)
         print_step_table(step)
         result["step"] = step
     if "memory" in parts:
@@ -257,9 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
         det = mem["deterministic"]["total"]
         print("| layer | argument MiB | output MiB | temp MiB | total MiB | / deterministic |")
         print("|---|---:|---:|---:|---:|---:|")
-        for key in ("deterministic", "reparameterization", "local_reparameterization", "flipout"):
+        for key in ("deterministic", *(f"{who}{est}" for est in S.ESTIMATORS for who in ("", "plain "))):
             m = mem[key]
-            name = "deterministic" if key == "deterministic" else f"npvi {S.SHORT[key]}"
+            est = key.removeprefix("plain ")
+            name = key if key == "deterministic" else ("plain JAX " if key != est else "npvi ") + S.SHORT[est]
             print(
                 f"| {name} | {m['argument'] / 2**20:.0f} | {m['output'] / 2**20:.0f} | {m['temp'] / 2**20:.0f} "
                 f"| {m['total'] / 2**20:.0f} | {m['total'] / det:.2f} |"
