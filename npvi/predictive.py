@@ -57,6 +57,11 @@ def traced_draw(
     return guide_trace, model_trace
 
 
+def _is_set_up(guide: Callable[..., Any]) -> bool:
+    """Whether the guide has already built its own prototype (it has run once), so needs no concrete call."""
+    return getattr(guide, "weight_sites", None) is not None or getattr(guide, "prototype_trace", None) is not None
+
+
 def build_prototype(
     model: Callable[..., Any],
     guide: Callable[..., Any],
@@ -65,9 +70,21 @@ def build_prototype(
     *args: Any,
     **kwargs: Any,
 ) -> tuple[Trace, Trace]:
-    """Run one draw eagerly, which also lets a guide build its prototype from concrete values."""
+    """One draw's traces, to read the sites' names, types, shapes and observed values from.
+
+    A guide that has run before (after ``svi.init`` or training) is traced abstractly
+    (:func:`jax.eval_shape` over the key): no computation runs, so a fresh process does
+    not pay the eager compile of every op (seconds for a small network). Latent values
+    in the returned traces are then abstract; the data, closed over, stay concrete. A
+    guide that has never run gets one eager draw, so it can build its prototype from
+    concrete values.
+    """
     with handlers.block():
-        return traced_draw(model, guide, params, rng_key, *args, **kwargs)
+        if not _is_set_up(guide):
+            return traced_draw(model, guide, params, rng_key, *args, **kwargs)
+        traces = []
+        jax.eval_shape(lambda key: traces.append(traced_draw(model, guide, params, key, *args, **kwargs)), rng_key)
+        return traces[0]
 
 
 def chunked_program(

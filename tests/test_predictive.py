@@ -11,7 +11,7 @@ import pytest
 from conftest import fixed_params, one_layer_model
 
 import npvi
-from npvi.predictive import chunked_program
+from npvi.predictive import build_prototype, chunked_program
 
 X = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
 
@@ -121,3 +121,22 @@ def test_other_latents_come_from_the_guide():
     np.testing.assert_allclose(draws["sigma"], 0.5, rtol=1e-3)
     # y ~ N(0, 0.5): 12000 values, standard error of the std about 0.5 / sqrt(2 * 12000)
     assert abs(float(draws["y"].std()) - 0.5) < 5 * 0.5 / np.sqrt(2 * draws["y"].size)
+
+
+def test_prototype_is_abstract_once_the_guide_has_run(fitted):
+    """A trained guide's prototype is traced, not run: no eager op-by-op compiles in a fresh process."""
+    model, guide, params = fitted
+    y = jnp.arange(6.0)[:, None] * jnp.ones((6, 3))
+    guide_trace, model_trace = build_prototype(model, guide, params, jax.random.PRNGKey(2), X, y)
+    assert isinstance(model_trace["l1.kernel"]["value"], jax.core.Tracer)
+    assert model_trace["l1.kernel"]["value"].shape == (4, 3)
+    assert model_trace["y"]["is_observed"] and not isinstance(model_trace["y"]["value"], jax.core.Tracer)
+    np.testing.assert_array_equal(model_trace["y"]["value"], y)
+
+
+def test_prototype_of_a_fresh_guide_runs_eagerly_and_sets_it_up():
+    model = one_layer_model(npvi.DenseFlipout)
+    guide = npvi.MeanFieldGuide(model)
+    _, model_trace = build_prototype(model, guide, fixed_params(), jax.random.PRNGKey(2), X, jnp.zeros((6, 3)))
+    assert not isinstance(model_trace["l1.kernel"]["value"], jax.core.Tracer)
+    assert guide.weight_sites is not None and "l1.kernel" in guide.weight_sites
