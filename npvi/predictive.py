@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from npvi.tracing import split_arrays
+from npvi.tracing import jit_once, split_arrays
 
 Trace = dict[str, dict[str, Any]]
 
@@ -98,7 +98,7 @@ def chunked_program(
     """
     arrays, rebuild = split_arrays(inputs)
 
-    @jax.jit
+    @jit_once
     def run(keys: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
         rebuilt = rebuild(arrays)
         return jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), keys)

@@ -31,3 +31,17 @@ def split_arrays(tree: Any) -> tuple[list[jax.Array], Callable[[list[jax.Array]]
         return treedef.unflatten([next(it) if array else leaf for leaf, array in zip(leaves, is_array, strict=True)])
 
     return [leaf for leaf, array in zip(leaves, is_array, strict=True) if array], rebuild
+
+
+def jit_once(fun: Callable) -> Callable:
+    """:func:`jax.jit` for a program that runs once per call (an init, a batch of predictive draws).
+
+    On the CPU, XLA's default LLVM optimisation level (3) spends most of such a
+    program's compile time: the digits demo's predictive program compiles in 6.6 s
+    at level 3 and 1.5 s at level 2, and runs as fast (0.20 s against 0.21 s). Hot
+    training steps keep the default, where level 3 ran a few percent faster.
+    Other backends keep their defaults.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.jit(fun)
+    return jax.jit(fun, compiler_options={"xla_backend_optimization_level": 2})

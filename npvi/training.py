@@ -34,7 +34,7 @@ from numpyro.infer.svi import SVI, SVIRunResult
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
 from npvi.guides import MeanFieldGuide, NeedsConcreteSetup
-from npvi.tracing import split_arrays
+from npvi.tracing import jit_once, split_arrays
 from npvi.validation import check_finite
 
 #: Keyword through which :func:`fit` tells the model the size of the full dataset.
@@ -133,7 +133,7 @@ def _init(svi: SVI, rng_key: jax.Array, batch: tuple, init_params: dict | None, 
             batch, init_params, kwargs = rebuild(arrays)
             return svi.init(key, *batch, init_params=init_params, **kwargs)
 
-        compiled = jax.jit(init)
+        compiled = jit_once(init)
         if cache_key is not None:
             cached[cache_key] = compiled
     try:
