@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import jax
@@ -11,10 +11,15 @@ import numpyro
 from numpyro import handlers
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_median
+from numpyro.primitives import Messenger
 
+from npvi.auto_normal import UNTRACEABLE, set_up_auto_normal
 from npvi.handlers import DENSE_MESSAGE
 from npvi.layers import POSTERIOR_KEY, DenseVariational
+from npvi.tracing import jit_once, split_arrays
 from npvi.validation import check_finite, is_concrete
+
+Trace = dict[str, dict[str, Any]]
 
 
 class _WeightSite:
@@ -30,6 +35,33 @@ class _WeightSite:
 
 class NeedsConcreteSetup(RuntimeError):
     """The guide's first call ran under ``jit``/``vmap``, but AutoNormal must set its other latents up eagerly."""
+
+
+def _other_latents(trace: Trace, weight_sites: Container[str]) -> list[str]:
+    """The latent sample sites that are not npvi layer weights: AutoNormal's part of the guide."""
+    return [
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"] and name not in weight_sites
+    ]
+
+
+class _Frozen(Messenger):
+    """Give the named layer sites (weights, bias params, outputs) fixed values, and hide them from handlers outside.
+
+    AutoNormal's setup runs the model several times (and, if it cannot be
+    compiled, op by op); with the layers frozen at the prototype's values it skips
+    the network's operations but sees the same values at every other site.
+    """
+
+    def __init__(self, fn: Callable[..., Any], values: dict[str, jax.Array]) -> None:
+        self.values = values
+        super().__init__(fn)
+
+    def process_message(self, msg) -> None:
+        if msg["type"] in ("sample", "param", DENSE_MESSAGE) and msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["stop"] = True
 
 
 class MeanFieldGuide:
@@ -79,8 +111,7 @@ class MeanFieldGuide:
 
     def _setup(self, rng_key: jax.Array | None, *args: Any, **kwargs: Any) -> None:
         rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        with handlers.block():
-            prototype = handlers.trace(handlers.seed(self.model, rng_key)).get_trace(*args, **kwargs)
+        prototype, values = self._prototype(rng_key, args, kwargs)
         weight_sites = {}
         for site in prototype.values():
             if site["type"] == DENSE_MESSAGE:
@@ -91,12 +122,8 @@ class MeanFieldGuide:
                     value = prototype[name]["value"]
                     weight_sites[name] = _WeightSite(layer, part, tuple(value.shape), value.dtype)
             elif site["type"] == "sample" and site["is_observed"]:
-                check_finite(f"site {site['name']!r}", "the observed data", site["value"])
-        others = [
-            name
-            for name, site in prototype.items()
-            if site["type"] == "sample" and not site["is_observed"] and name not in weight_sites
-        ]
+                check_finite(f"site {site['name']!r}", "the observed data", values[site["name"]])
+        others = _other_latents(prototype, weight_sites)
         if others:
             if not is_concrete(rng_key):
                 raise NeedsConcreteSetup(
@@ -104,16 +131,52 @@ class MeanFieldGuide:
                     f"{others} use NumPyro's AutoNormal, whose setup needs concrete values; call svi.init "
                     "(or the guide) outside jit first"
                 )
-            fixed = {name: prototype[name]["value"] for name in weight_sites}
-            self._other_sites = AutoNormal(
-                handlers.condition(self.model, data=fixed),
+            frozen = {name: value for name, value in values.items() if not prototype[name].get("is_observed")}
+            self._other_sites = set_up_auto_normal(
+                _Frozen(self.model, frozen),
+                rng_key,
+                args,
+                kwargs,
                 init_loc_fn=self.init_loc_fn,
                 init_scale=self.init_scale,
             )
-            # Set AutoNormal up now, so its first call draws the same keys as later calls.
-            with handlers.block(), handlers.seed(rng_seed=rng_key):
-                self._other_sites(*args, **kwargs)
         self.weight_sites = weight_sites
+
+    def _prototype(self, rng_key: jax.Array, args: tuple, kwargs: dict) -> tuple[Trace, dict[str, jax.Array]]:
+        """One prior run of the model: its trace, for the sites' structure, and the values AutoNormal needs.
+
+        With a concrete key the run is one compiled program (the model eagerly
+        costs an op-by-op compile of every operation: seconds for a small network)
+        and the values come back concrete: the observed data, and, when there are
+        latents for AutoNormal, the layers' weights and outputs. A model that cannot
+        be traced under ``jit`` (Python control flow on values) runs eagerly.
+        """
+
+        def run(key: jax.Array, args: tuple, kwargs: dict) -> tuple[Trace, dict[str, jax.Array]]:
+            with handlers.block():
+                trace = handlers.trace(handlers.seed(self.model, key)).get_trace(*args, **kwargs)
+            keep = {name for name, site in trace.items() if site["type"] == "sample" and site["is_observed"]}
+            layers = [name for name, site in trace.items() if site["type"] == DENSE_MESSAGE]
+            weights = {f"{layer}.{part}" for layer in layers for part in ("kernel", "bias")}
+            if _other_latents(trace, weights):
+                keep |= {*layers, *(weights & trace.keys())}
+            return trace, {name: trace[name]["value"] for name in keep}
+
+        if not is_concrete(rng_key) or jax.config.jax_check_tracer_leaks:  # the compiled run keeps its trace
+            return run(rng_key, args, kwargs)
+        arrays, rebuild = split_arrays((args, kwargs))
+        traces = []
+
+        def compiled(key: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
+            trace, values = run(key, *rebuild(arrays))
+            traces.append(trace)
+            return values
+
+        try:
+            values = jit_once(compiled)(rng_key, arrays)
+        except UNTRACEABLE:
+            return run(rng_key, args, kwargs)
+        return traces[0], values
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Sample every latent site from the posterior; returns ``{site: value}``."""
@@ -158,5 +221,7 @@ class MeanFieldGuide:
             raise RuntimeError("the guide has not been run yet; call svi.init or the guide first")
         medians = {name: params[f"{name}.loc"] for name in self.weight_sites}
         if self._other_sites is not None:
-            medians.update(self._other_sites.median(params))
+            # AutoNormal's median also has the model's deterministic sites, computed from the prototype's weights.
+            others = self._other_sites.median(params)
+            medians.update({name: value for name, value in others.items() if f"{name}_auto_loc" in params})
         return medians
