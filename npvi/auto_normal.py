@@ -14,11 +14,14 @@ concrete:
   the concrete model arguments (the program closes over them rather than taking
   them as arguments).
 
-Whatever else the setup left holding traced values (the prototype's site values,
-the key of NumPyro's ``seed`` around the postprocessing function) is dropped or
-rebuilt. If anything traced is still reachable afterwards (for example a latent
-whose support depends on a computed value), or the model cannot be traced, the
-setup runs eagerly, exactly as in NumPyro.
+The program also runs NumPyro's test of the starting point (finite potential
+energy and gradient), which NumPyro cannot act on under ``jit``; if it fails,
+the eager setup runs and raises NumPyro's own error. The traced values the setup
+leaves behind (the prototype's site values, the key of NumPyro's ``seed`` around
+the postprocessing function, the potential function) are dropped or rebuilt.
+If anything traced is still reachable afterwards (for example a latent whose
+support depends on a computed value), the model cannot be traced, or a latent
+sits in a subsampled plate, the setup runs eagerly, exactly as in NumPyro.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer.autoguide import AutoNormal
@@ -73,18 +77,38 @@ def set_up_auto_normal(
             auto(*args, **kwargs)
         return auto._init_locs
 
+    def compiled_call(auto: AutoNormal, key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array | None]:
+        init_locs = first_call(auto, key)
+        return init_locs, _valid_start(auto, key, init_locs)
+
     if not jax.config.jax_check_tracer_leaks:  # the compiled setup keeps (then drops) traced values
         auto = new()
         try:
-            init_locs = jit_once(functools.partial(first_call, auto))(rng_key)
+            init_locs, valid = jit_once(functools.partial(compiled_call, auto))(rng_key)
         except UNTRACEABLE:
             pass
         else:
-            if _make_concrete(auto, init_locs, args, kwargs):
+            # Under jit NumPyro cannot raise "Cannot find valid initial parameters"; the eager setup below does.
+            if valid is not None and bool(valid) and _make_concrete(auto, init_locs, args, kwargs):
                 return auto
     auto = new()
     first_call(auto, rng_key)
     return auto
+
+
+def _valid_start(auto: AutoNormal, key: jax.Array, init_locs: dict[str, jax.Array]) -> jax.Array | None:
+    """NumPyro's test of an initial point: finite potential energy and gradient (None: cannot tell here).
+
+    A latent in a subsampled plate has had its initial value repeated to the plate's
+    full size, which the potential energy (one subsample) does not take.
+    """
+    full_sizes = auto._prototype_frame_full_sizes
+    frames = [frame for name in init_locs for frame in auto.prototype_trace[name]["cond_indep_stack"]]
+    if any(frame.size != full_sizes[frame.name] for frame in frames):
+        return None
+    with handlers.block(), handlers.seed(rng_seed=key):  # a subsampled plate draws its indices
+        energy, grads = jax.value_and_grad(auto._potential_fn)(init_locs)
+    return jnp.isfinite(energy) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
 
 
 def _make_concrete(auto: AutoNormal, init_locs: dict[str, jax.Array], args: tuple, kwargs: dict) -> bool:

@@ -23,13 +23,16 @@ KEY = jax.random.PRNGKey(7)
 SETTINGS = {"init_loc_fn": init_to_median, "init_scale": 0.1}
 
 
-def hierarchical(x, y=None, num_data=None):
-    """Latents of several kinds: constrained scalar, a vector, one inside a subsampled plate."""
+def hierarchical(x, y=None, num_data=None, local=False):
+    """Latents of several kinds: a constrained scalar, a vector, a plate of them; optionally a local one."""
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+    with numpyro.plate("groups", 2):
+        numpyro.sample("tau", dist.Gamma(2.0, 2.0))
     numpyro.deterministic("fitted", x @ w)
     with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
-        numpyro.sample("offset", dist.Normal(0.0, 0.1))  # per-example, so full-size in the guide
+        if local:
+            numpyro.sample("offset", dist.Normal(0.0, 0.1))  # per-example, so full-size in the guide
         numpyro.sample("y", dist.Normal(x @ w, sigma), obs=y)
 
 
@@ -45,15 +48,19 @@ def first_call_params(auto, *args, **kwargs):
     return {name: site["value"] for name, site in tr.items() if site["type"] == "param"}
 
 
-def test_the_compiled_setup_gives_numpyros_autonormal():
-    args, kwargs = (X, Y), {"num_data": 20}
+@pytest.mark.parametrize("local", [False, True], ids=["global latents", "a local latent"])
+def test_the_compiled_setup_gives_numpyros_autonormal(local):
+    args, kwargs = (X, Y), {"num_data": 20, "local": local}
     compiled = set_up_auto_normal(hierarchical, KEY, args, kwargs, **SETTINGS)
     reference = eager(hierarchical, *args, **kwargs)
-    assert "y" not in compiled.prototype_trace  # it did run compiled: only the latent sites are kept
-    assert set(compiled._init_locs) == {"sigma", "w", "offset"}
+    # It ran compiled (only the latent sites are kept) unless a latent sits in a subsampled plate,
+    # whose initial point the compiled program cannot check.
+    assert ("y" in compiled.prototype_trace) == local
+    assert set(compiled._init_locs) == {"sigma", "w", "tau"} | ({"offset"} if local else set())
     for name, value in reference._init_locs.items():
         np.testing.assert_allclose(compiled._init_locs[name], value, rtol=1e-6)
-    assert compiled._init_locs["offset"].shape == (20,)  # repeated to the plate's full size
+    if local:
+        assert compiled._init_locs["offset"].shape == (20,)  # repeated to the plate's full size
     params = first_call_params(compiled, *args, **kwargs)
     expected = first_call_params(reference, *args, **kwargs)
     assert params.keys() == expected.keys()
@@ -84,6 +91,19 @@ def test_a_support_that_depends_on_a_computed_value_sets_up_eagerly():
     np.testing.assert_allclose(auto._init_locs["z"], eager(model, X)._init_locs["z"])
     params = first_call_params(auto, X)
     assert 0.0 < float(auto.median(params)["z"]) < float(jnp.exp(X.mean()))
+
+
+@pytest.mark.filterwarnings("ignore:.*Out-of-support values")
+def test_no_valid_starting_point_is_numpyros_error():
+    def model(y):
+        rate = numpyro.sample("rate", dist.HalfNormal(1.0))
+        numpyro.sample("y", dist.Exponential(rate), obs=y)
+
+    y = jnp.array([1.0, -1.0])  # outside the likelihood's support: log density -inf at every start
+    with pytest.raises(RuntimeError, match="Cannot find valid initial parameters"):
+        eager(model, y)
+    with pytest.raises(RuntimeError, match="Cannot find valid initial parameters"):
+        set_up_auto_normal(model, KEY, (y,), {}, **SETTINGS)
 
 
 def test_a_model_that_cannot_be_traced_sets_up_eagerly():
