@@ -24,6 +24,7 @@ Entropies are in nats.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -131,6 +132,12 @@ def reliability_diagram(probs: ArrayLike, labels: ArrayLike, num_bins: int = 15)
     labels = _check_labels("reliability_diagram", probs, labels)
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"reliability_diagram: num_bins must be a positive int, got {num_bins!r}")
+    return _binned(probs, labels, num_bins)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _binned(probs: jax.Array, labels: jax.Array, num_bins: int) -> ReliabilityDiagram:
+    # One compiled program: run op by op, these dozen small operations cost about a second of compiles.
     confidence = probs.max(axis=-1).reshape(-1)
     correct = (probs.argmax(axis=-1) == labels).reshape(-1).astype(probs.dtype)
     edges = jnp.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype)
@@ -154,7 +161,11 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, num_bins: in
     >>> round(float(expected_calibration_error(probs, jnp.array([0, 0, 0, 1]), num_bins=10)), 6)
     0.1
     """
-    diagram = reliability_diagram(probs, labels, num_bins)
+    return _calibration_error(reliability_diagram(probs, labels, num_bins))
+
+
+@jax.jit
+def _calibration_error(diagram: ReliabilityDiagram) -> jax.Array:
     weights = diagram.counts / diagram.counts.sum()
     gaps = jnp.where(diagram.counts > 0, jnp.abs(diagram.accuracy - diagram.confidence), 0.0)
     return jnp.sum(weights * gaps)
