@@ -78,11 +78,12 @@ def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
 
 def _compiled_epoch(
     svi: SVI, num_data: int, batch_size: int, shuffle: bool, stable_update: bool, kwargs: dict[str, Any]
-) -> Callable[[Any, jax.Array, tuple[jax.Array, ...]], tuple[Any, jax.Array]]:
-    """One jitted epoch ``(state, key, data) -> (state, losses)``, reused by later fits of the same ``svi``.
+) -> Callable[[Any, jax.Array, int, tuple[jax.Array, ...]], tuple[Any, jax.Array, jax.Array]]:
+    """One jitted epoch ``(state, shuffle_key, epoch, data) -> (state, losses, mean loss)``.
 
-    The data enter as arguments, not as constants folded into the compiled
-    program, so a second ``fit`` with same-shaped data compiles nothing.
+    Its shuffle key is ``fold_in(shuffle_key, epoch)``. The data enter as arguments,
+    not as constants folded into the compiled program, so a later ``fit`` of the same
+    ``svi`` with same-shaped data compiles nothing.
     """
     cache_key = _hashable("epoch", num_data, batch_size, shuffle, stable_update, tuple(sorted(kwargs.items())))
     cached = _COMPILED.setdefault(svi, {})
@@ -92,14 +93,19 @@ def _compiled_epoch(
     num_batches = num_data // batch_size
 
     @jax.jit
-    def run_epoch(state: Any, key: jax.Array, data: tuple[jax.Array, ...]) -> tuple[Any, jax.Array]:
+    def run_epoch(
+        state: Any, shuffle_key: jax.Array, epoch: int, data: tuple[jax.Array, ...]
+    ) -> tuple[Any, jax.Array, jax.Array]:
+        # The epoch's key and mean loss are computed here too: eagerly, each costs an op-by-op compile.
+        key = jax.random.fold_in(shuffle_key, epoch)
         order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
         rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
 
         def step(state: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
             return update(state, *(array[batch] for array in data), **kwargs)
 
-        return jax.lax.scan(step, state, rows)
+        state, losses = jax.lax.scan(step, state, rows)
+        return state, losses, jnp.mean(losses)
 
     if cache_key is not None:
         cached[cache_key] = run_epoch
@@ -228,9 +234,9 @@ def fit(
     warned = False
     epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
     for epoch in epochs:
-        state, epoch_losses = run_epoch(state, jax.random.fold_in(shuffle_key, epoch), data)
+        state, epoch_losses, mean_loss = run_epoch(state, shuffle_key, epoch, data)
         losses.append(epoch_losses)
-        mean_loss = float(jnp.mean(epoch_losses))
+        mean_loss = float(mean_loss)
         epochs.set_postfix_str(f"ELBO {-mean_loss:.4g}", refresh=False)
         if not math.isfinite(mean_loss) and not warned:
             warnings.warn(f"fit: the mean loss of epoch {epoch} is {mean_loss}", RuntimeWarning, stacklevel=2)
