@@ -119,12 +119,15 @@ def _make_concrete(auto: AutoNormal, init_locs: dict[str, jax.Array], args: tupl
     auto._postprocess_fn = handlers.seed(postprocess.fn, rng_seed=0)
     # AutoNormal reads only the latent sites' distributions, plates and value ranks after setup.
     auto.prototype_trace = {
-        name: {**site, "value": np.zeros(np.shape(site["value"]), site["value"].dtype), "intermediates": []}
+        name: {
+            **site,
+            "value": np.zeros(np.shape(site["value"]), site["value"].dtype),
+            "intermediates": [],
+            "kwargs": {**site["kwargs"], "rng_key": None},
+        }
         for name, site in auto.prototype_trace.items()
         if site["type"] == "sample" and not site["is_observed"]
     }
-    for site in auto.prototype_trace.values():
-        site["kwargs"] = {**site["kwargs"], "rng_key": None}
     # In the model's order, as eagerly (jit returns dicts sorted by key): sample_posterior draws in this order.
     auto._init_locs = {name: init_locs[name] for name in auto.prototype_trace if name in init_locs}
     auto._potential_fn = auto._potential_fn_gen(*args, **kwargs)

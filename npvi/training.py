@@ -124,9 +124,10 @@ def _init(svi: SVI, rng_key: jax.Array, batch: tuple, init_params: dict | None, 
     """``svi.init``, compiled as one program for a MeanFieldGuide, which saves seconds of eager tracing.
 
     A :class:`~npvi.MeanFieldGuide` can set itself up under ``jit`` unless it
-    hands latents to AutoNormal, whose first call must run eagerly; then the guide
-    sets itself up eagerly, with the key ``svi.init`` would give it, and the rest of
-    init still runs compiled. Other guides (whose setup may keep traced values) run
+    hands latents to AutoNormal, whose setup cannot run inside another ``jit``; then
+    the guide sets itself up first (in its own compiled programs, see
+    :mod:`npvi.auto_normal`), with the key ``svi.init`` would give it, and the rest
+    of init still runs compiled. Other guides (whose setup may keep traced values) run
     ``svi.init`` eagerly as in NumPyro. The compiled init is kept for later fits of ``svi``.
     """
     guide = svi.guide
@@ -149,8 +150,8 @@ def _init(svi: SVI, rng_key: jax.Array, batch: tuple, init_params: dict | None, 
         return compiled(rng_key, arrays)
     except NeedsConcreteSetup:
         guide.weight_sites, guide._other_sites = None, None
-    # Only the guide's setup must run eagerly; the rest of init still compiles and is kept for later fits
-    # (diabetes demo: init 16.1 s -> 12.9 s cold, and 1.4 s -> 0.003 s in a later fit of the same svi).
+    # Only the guide's setup runs outside; the rest of init still compiles and is kept for later fits
+    # (1.4 s -> 0.003 s in a later fit of the same svi on the diabetes demo).
     # SVI.init seeds the guide with split(rng_key, 3)[2], and the guide's first draw is its setup key.
     with handlers.block(), handlers.seed(rng_seed=jax.random.split(rng_key, 3)[2]):
         guide._setup(numpyro.prng_key(), *batch, **kwargs)
