@@ -109,7 +109,7 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         """Number of classes (classification only)."""
-        return int(jnp.max(self.y_train)) + 1
+        return int(np.asarray(self.y_train).max()) + 1  # on the host: an eager jnp.max would compile
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def load_split(dataset: str = "digits", split_seed: int = SPLIT_SEED, test_fract
     x_std = np.where(x_std > 0, x_std, 1.0)  # constant pixels at the digits' border
 
     def features(rows: np.ndarray) -> jax.Array:
-        return jnp.asarray((x[rows] - x_mean) / x_std, dtype=jnp.float32)
+        return jnp.asarray(((x[rows] - x_mean) / x_std).astype(np.float32))  # cast on the host, not by a compiled op
 
     if CONFIGS[dataset].task == "classification":
         labels = y.astype(np.int32)
@@ -163,7 +163,7 @@ def load_split(dataset: str = "digits", split_seed: int = SPLIT_SEED, test_fract
     y_mean, y_std = float(y[train].mean()), float(y[train].std())
 
     def target(rows: np.ndarray) -> jax.Array:
-        return jnp.asarray((y[rows] - y_mean) / y_std, dtype=jnp.float32)
+        return jnp.asarray(((y[rows] - y_mean) / y_std).astype(np.float32))
 
     return Dataset(dataset, features(train), target(train), features(test), target(test), y_mean, y_std)
 

@@ -73,7 +73,7 @@ def build_prototype(
     """One draw's traces, to read the sites' names, types, shapes and observed values from.
 
     A guide that has run before (after ``svi.init`` or training) is traced abstractly
-    (:func:`jax.eval_shape` over the key): no computation runs, so a fresh process does
+    (:func:`jax.eval_shape` over the key and params): no computation runs, so a fresh process does
     not pay the eager compile of every op (seconds for a small network). Latent values
     in the returned traces are then abstract; the data, closed over, stay concrete. A
     guide that has never run gets one eager draw, so it can build its prototype from
@@ -83,25 +83,37 @@ def build_prototype(
         if not _is_set_up(guide):
             return traced_draw(model, guide, params, rng_key, *args, **kwargs)
         traces = []
-        jax.eval_shape(lambda key: traces.append(traced_draw(model, guide, params, key, *args, **kwargs)), rng_key)
+        # Concrete params would make NumPyro validate the posteriors' arguments eagerly.
+        jax.eval_shape(
+            lambda key, params: traces.append(traced_draw(model, guide, params, key, *args, **kwargs)), rng_key, params
+        )
         return traces[0]
 
 
 def chunked_program(
-    draw: Callable[[jax.Array, Any], dict[str, jax.Array]], inputs: Any
+    draw: Callable[[jax.Array, Any], dict[str, jax.Array]], inputs: Any, num_samples: int, chunk_size: int
 ) -> tuple[Callable[[jax.Array, list[jax.Array]], dict[str, jax.Array]], list[jax.Array]]:
-    """The jitted ``run(keys, arrays)`` that maps ``draw`` over keys of shape ``(chunks, chunk_size, 2)``.
+    """The jitted ``run(rng_key, arrays)`` that stacks ``draw`` over ``num_samples`` keys, ``chunk_size`` at a time.
 
-    The array leaves of ``inputs`` (params, data) are returned as ``arrays``, to
-    enter the compiled program as arguments rather than as constants baked into
-    it; other leaves (``None``, ints) stay static.
+    The keys are ``jax.random.split(rng_key, num_samples)``, padded to whole chunks
+    and mapped with :func:`jax.lax.map` over chunks of :func:`jax.vmap`; all of it,
+    the key split included, is one program (eager key ops would each compile). The
+    array leaves of ``inputs`` (params, data) are returned as ``arrays``, to enter
+    the program as arguments rather than as constants baked into it; other leaves
+    (``None``, ints) stay static.
     """
     arrays, rebuild = split_arrays(inputs)
+    chunk_size = min(chunk_size, num_samples)
+    num_chunks = -(-num_samples // chunk_size)
 
     @jit_once
-    def run(keys: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
+    def run(rng_key: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
         rebuilt = rebuild(arrays)
-        return jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), keys)
+        keys = jax.random.split(rng_key, num_samples)
+        padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
+        chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
+        stacked = jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), chunks)
+        return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
 
     return run, arrays
 
@@ -118,13 +130,8 @@ def chunked_map(
     The keys are ``jax.random.split(rng_key, num_samples)`` whatever the chunk
     size, so ``chunk_size`` changes the memory, never the numbers.
     """
-    chunk_size = min(chunk_size, num_samples)
-    num_chunks = -(-num_samples // chunk_size)
-    keys = jax.random.split(rng_key, num_samples)
-    padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
-    run, arrays = chunked_program(draw, inputs)
-    stacked = run(padded.reshape((num_chunks, chunk_size) + keys.shape[1:]), arrays)
-    return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
+    run, arrays = chunked_program(draw, inputs, num_samples, chunk_size)
+    return run(rng_key, arrays)
 
 
 class Predictive:

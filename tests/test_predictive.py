@@ -71,12 +71,9 @@ def test_peak_memory_does_not_grow_with_the_number_of_draws():
         sample = w + jax.random.normal(key, w.shape)
         return {"out": sample.sum(0)}
 
-    run, arrays = chunked_program(draw, (weights,))
-    chunk = 10
-
-    def temp_bytes(num_chunks):
-        keys = jnp.zeros((num_chunks, chunk, 2), jnp.uint32)
-        return run.lower(keys, arrays).compile().memory_analysis().temp_size_in_bytes
+    def temp_bytes(num_chunks, chunk=10):
+        run, arrays = chunked_program(draw, (weights,), num_chunks * chunk, chunk)
+        return run.lower(jax.random.PRNGKey(0), arrays).compile().memory_analysis().temp_size_in_bytes
 
     small, large = temp_bytes(5), temp_bytes(100)  # 50 and 1000 draws
     assert large <= small * 1.05 + 4 * 1000 * 500  # at most the extra outputs
