@@ -164,4 +164,21 @@ def test_repeated_fits_reuse_the_compiled_epoch(data):
     np.testing.assert_array_equal(first.losses, again.losses)  # same key, same numbers, cached programs
     from npvi.training import _COMPILED
 
-    assert sorted(k[0] for k in _COMPILED[svi]) == ["epoch", "init"]
+    assert sorted(k[0] for k in _COMPILED[svi]) == ["epoch", "init", "short run"]
+
+
+def test_a_short_run_compiles_its_epoch_quickly_with_the_same_numbers(data, monkeypatch):
+    """A run below SHORT_RUN_FLOPS gets the epoch at XLA level 1 (on the CPU); the losses agree."""
+    from npvi import training
+
+    x, y = data
+    short_svi, long_svi = make_svi(), make_svi()
+    short = npvi.fit(short_svi, jax.random.PRNGKey(0), 3, x, y, batch_size=8, progress_bar=False)
+    monkeypatch.setattr(training, "SHORT_RUN_FLOPS", 0.0)
+    long = npvi.fit(long_svi, jax.random.PRNGKey(0), 3, x, y, batch_size=8, progress_bar=False)
+    kinds = {svi: sorted(k[0] for k in training._COMPILED[svi]) for svi in (short_svi, long_svi)}
+    if jax.default_backend() == "cpu":
+        assert kinds[short_svi] == ["epoch", "init", "short run"]
+    assert kinds[long_svi] == ["epoch", "init"]
+    # Another optimisation level may fuse float operations differently: equal up to rounding.
+    np.testing.assert_allclose(short.losses, long.losses, rtol=1e-5)
