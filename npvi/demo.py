@@ -51,6 +51,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 import npvi
+from npvi.tracing import jit_setup
 
 #: Seed of the train/held-out split. It is fixed, independent of the training seed,
 #: so that runs with different ``seed`` values are scored on the same held-out points.
@@ -288,6 +289,11 @@ def _write_outputs(
     return files
 
 
+def _demo_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``split(PRNGKey(seed), 3)``, the split as one small program (eagerly, split and unstack each compile)."""
+    return jit_setup(lambda key: tuple(jax.random.split(key, 3)))(jax.random.PRNGKey(seed))
+
+
 def run_demo(
     dataset: str = "digits",
     estimator: str = "flipout",
@@ -330,7 +336,7 @@ def run_demo(
     )
     guide = npvi.MeanFieldGuide(model)
     svi = SVI(model, guide, optax.adam(config.learning_rate), npvi.ELBO())
-    fit_key, predict_key, idata_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    fit_key, predict_key, idata_key = _demo_keys(seed)
     result = npvi.fit(
         svi, fit_key, epochs, data.x_train, data.y_train, batch_size=config.batch_size, progress_bar=progress_bar
     )

@@ -16,7 +16,7 @@ from numpyro.primitives import Messenger
 from npvi.auto_normal import UNTRACEABLE, set_up_auto_normal
 from npvi.handlers import DENSE_MESSAGE
 from npvi.layers import POSTERIOR_KEY, DenseVariational
-from npvi.tracing import jit_once, split_arrays
+from npvi.tracing import jit_setup, split_arrays
 from npvi.validation import check_finite, is_concrete
 
 Trace = dict[str, dict[str, Any]]
@@ -173,7 +173,7 @@ class MeanFieldGuide:
             return values
 
         try:
-            values = jit_once(compiled)(rng_key, arrays)
+            values = jit_setup(compiled)(rng_key, arrays)
         except UNTRACEABLE:
             return run(rng_key, args, kwargs)
         return traces[0], values

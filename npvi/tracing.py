@@ -34,7 +34,7 @@ def split_arrays(tree: Any) -> tuple[list[jax.Array], Callable[[list[jax.Array]]
 
 
 def jit_once(fun: Callable) -> Callable:
-    """:func:`jax.jit` for a program that runs once per call (an init, a batch of predictive draws).
+    """:func:`jax.jit` for a program that runs once per call but does real work (a batch of predictive draws).
 
     On the CPU, XLA's default LLVM optimisation level (3) spends most of such a
     program's compile time: the digits demo's predictive program compiles in 6.6 s
@@ -42,6 +42,22 @@ def jit_once(fun: Callable) -> Callable:
     training steps keep the default, where level 3 ran a few percent faster.
     Other backends keep their defaults.
     """
+    return _jit_at_cpu_level(fun, 2)
+
+
+def jit_setup(fun: Callable) -> Callable:
+    """:func:`jax.jit` for a set-up program whose run time is negligible (an init, a prototype, a key split).
+
+    Such a program is mostly random-number hashing and traced-then-discarded model
+    code; on the CPU, XLA's lowest optimisation level (0) compiles the digits demo's
+    ``svi.init`` in 0.86 s instead of 1.2 s (level 2), and it runs in 5 ms instead of
+    2.5 ms. Keys come out bit for bit the same at every level; float values may
+    differ in the last bits. Other backends keep their defaults.
+    """
+    return _jit_at_cpu_level(fun, 0)
+
+
+def _jit_at_cpu_level(fun: Callable, level: int) -> Callable:
     if jax.default_backend() != "cpu":
         return jax.jit(fun)
-    return jax.jit(fun, compiler_options={"xla_backend_optimization_level": 2})
+    return jax.jit(fun, compiler_options={"xla_backend_optimization_level": level})

@@ -36,7 +36,7 @@ from numpyro.infer.svi import SVI, SVIRunResult
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
 from npvi.guides import MeanFieldGuide, NeedsConcreteSetup
-from npvi.tracing import jit_once, split_arrays
+from npvi.tracing import jit_setup, split_arrays
 from npvi.validation import check_finite
 
 #: Keyword through which :func:`fit` tells the model the size of the full dataset.
@@ -119,14 +119,20 @@ def _for_short_run(svi: SVI, run_epoch: Callable, args: tuple, num_steps: int) -
     """``run_epoch``, or for a short run on the CPU the same epoch compiled at XLA's optimisation level 1.
 
     On the CPU the epoch's compile dominates a short run: level 1 compiles the digits
-    demo's epoch in 2.8 s instead of 4.5 s and runs its steps about 13 % slower, a
+    demo's epoch in 2.8 s instead of 4.5 s and runs its steps about 15 % slower, a
     loss smaller than the saving while the run is below :data:`SHORT_RUN_FLOPS`.
     XLA's cost analysis of the epoch (its scan body counted once, so about one
     step's FLOPs) times ``num_steps`` estimates the run.
     """
     if jax.default_backend() != "cpu":
         return run_epoch
-    flops = run_epoch.lower(*args).cost_analysis().get("flops")  # the trace is cached for the call that follows
+    try:
+        analysis = run_epoch.lower(*args).cost_analysis()  # the trace is cached for the call that follows
+    except NotImplementedError:
+        return run_epoch
+    if isinstance(analysis, list | tuple):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
     if flops is None or flops * num_steps > SHORT_RUN_FLOPS:
         return run_epoch
     cached = _COMPILED.setdefault(svi, {})
@@ -176,7 +182,7 @@ def _init(
             init_key, batch = _first_batch(key, data, batch_size)
             return svi.init(init_key, *batch, init_params=init_params, **kwargs)
 
-        compiled = jit_once(init)
+        compiled = jit_setup(init)
         if cache_key is not None:
             cached[cache_key] = compiled
     try:
@@ -185,7 +191,7 @@ def _init(
         guide.weight_sites, guide._other_sites = None, None
     # Only the guide's setup runs outside; the rest of init still compiles and is kept for later fits
     # (1.4 s -> 0.003 s in a later fit of the same svi on the diabetes demo).
-    setup_key, batch = jit_once(functools.partial(_setup_inputs, batch_size=batch_size))(rng_key, data)
+    setup_key, batch = jit_setup(functools.partial(_setup_inputs, batch_size=batch_size))(rng_key, data)
     with handlers.block():
         guide._setup(setup_key, *batch, **kwargs)
     return compiled(rng_key, arrays)
