@@ -289,9 +289,13 @@ def _write_outputs(
     return files
 
 
+def _split_in_three(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return tuple(jax.random.split(key, 3))
+
+
 def _demo_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``split(PRNGKey(seed), 3)``, the split as one small program (eagerly, split and unstack each compile)."""
-    return jit_setup(lambda key: tuple(jax.random.split(key, 3)))(jax.random.PRNGKey(seed))
+    return jit_setup(_split_in_three)(jax.random.PRNGKey(seed))
 
 
 def run_demo(
