@@ -42,7 +42,7 @@ def jit_once(fun: Callable) -> Callable:
     training steps keep the default, where level 3 ran a few percent faster.
     Other backends keep their defaults.
     """
-    return _jit_at_cpu_level(fun, 2)
+    return jit_at_cpu_level(fun, 2)
 
 
 def jit_setup(fun: Callable) -> Callable:
@@ -55,10 +55,11 @@ def jit_setup(fun: Callable) -> Callable:
     transcendental functions may not (AutoNormal's initial locations moved by 3e-6
     relative, so its setup keeps :func:`jit_once`). Other backends keep their defaults.
     """
-    return _jit_at_cpu_level(fun, 0)
+    return jit_at_cpu_level(fun, 0)
 
 
-def _jit_at_cpu_level(fun: Callable, level: int) -> Callable:
+def jit_at_cpu_level(fun: Callable, level: int) -> Callable:
+    """:func:`jax.jit` with XLA's CPU optimisation ``level`` (0-3) on the CPU; other backends keep their defaults."""
     if jax.default_backend() != "cpu":
         return jax.jit(fun)
     return jax.jit(fun, compiler_options={"xla_backend_optimization_level": level})

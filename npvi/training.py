@@ -36,7 +36,7 @@ from numpyro.infer.svi import SVI, SVIRunResult
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
 from npvi.guides import MeanFieldGuide, NeedsConcreteSetup
-from npvi.tracing import jit_setup, split_arrays
+from npvi.tracing import jit_at_cpu_level, jit_setup, split_arrays
 from npvi.validation import check_finite
 
 #: Keyword through which :func:`fit` tells the model the size of the full dataset.
@@ -137,9 +137,10 @@ def _for_short_run(svi: SVI, run_epoch: Callable, args: tuple, num_steps: int) -
         return run_epoch
     cached = _COMPILED.setdefault(svi, {})
     key = ("short run", run_epoch)
-    if key not in cached:
-        cached[key] = jax.jit(run_epoch.__wrapped__, compiler_options={"xla_backend_optimization_level": 1})
-    return cached[key]
+    quick = cached.get(key) or jit_at_cpu_level(run_epoch.__wrapped__, 1)
+    if any(value is run_epoch for value in cached.values()):  # kept only beside a kept epoch
+        cached[key] = quick
+    return quick
 
 
 def _hashable(*parts: Any) -> tuple | None:
