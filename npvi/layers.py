@@ -27,23 +27,34 @@ import jax
 import jax.numpy as jnp
 import numpyro
 from numpyro import distributions as dist
-from numpyro import handlers as nhandlers
-from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
+from numpyro.primitives import Messenger, apply_stack
 
 from npvi import estimators
 from npvi.handlers import DENSE_MESSAGE
+from npvi.numpyro_internals import replaying, traced_site
 from npvi.posteriors import MeanFieldNormal, PointMass, Posterior, _normal_init
-from npvi.validation import (
-    base_distribution,
-    broadcast_to_event,
-    check_distribution_args,
-    check_finite,
-    traced_site,
+from npvi.serialization import (
+    activation_from_name,
+    describe_activation,
+    describe_distribution,
+    describe_posterior,
+    distribution_from_description,
+    posterior_from_description,
+    register_layer_class,
 )
+from npvi.validation import base_distribution, broadcast_to_event, check_distribution_args, check_finite
 
 #: Key of the kernel/bias site's ``infer`` dict that carries the guide's posterior.
 POSTERIOR_KEY = "npvi_posterior"
 KL_CHOICES = ("exact", "mc")
+
+#: The constructor arguments a config holds, and those of them a config can only hold as None.
+_CONFIG_KEYS = (
+    "units", "name", "activation", "kernel_prior", "bias_prior", "kernel_posterior", "bias_posterior",
+    "kernel_kl", "bias_kl", "use_bias", "kernel_posterior_tensor_fn", "bias_posterior_tensor_fn",
+    "activity_regularizer",
+)  # fmt: skip
+_UNDESCRIBABLE = ("kernel_posterior_tensor_fn", "bias_posterior_tensor_fn", "activity_regularizer")
 
 Prior = dist.Distribution | Callable[[str, tuple[int, ...], Any], dist.Distribution]
 KLChoice = str | Callable[[dist.Distribution, dist.Distribution, jax.Array], jax.Array]
@@ -57,6 +68,10 @@ class _Capture(Messenger):
     def process_message(self, msg) -> None:
         if msg["type"] == "sample":
             self.msg = msg
+
+
+def _label(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _sample_site(layer: str, name: str, fn: dist.Distribution) -> dict:
@@ -74,10 +89,6 @@ def _sample_site(layer: str, name: str, fn: dist.Distribution) -> dict:
                 "under numpyro.handlers.seed (SVI, Predictive and MCMC do this)"
             ) from error
     return capture.msg
-
-
-def _replaying() -> bool:
-    return any(isinstance(h, nhandlers.replay) for h in _PYRO_STACK)
 
 
 def _check_unique(name: str) -> None:
@@ -114,7 +125,7 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
     if estimator == estimators.REPARAMETERIZATION:
         return estimators.reparameterization(x, kernel, bias)
     if kernel_posterior is None:
-        if _replaying():
+        if replaying():
             warnings.warn(
                 f"layer {layer.name!r} asks for {estimator}, but the guide does not "
                 "expose the kernel posterior (npvi.MeanFieldGuide does), so it uses "
@@ -213,11 +224,25 @@ class DenseVariational:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.units}, name={self.name!r})"
 
-    def get_config(self) -> dict:
-        """JSON-safe constructor arguments; see :func:`npvi.serialization.layer_config`.
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "default_estimator"):  # a concrete layer: npvi.load can rebuild it by name
+            register_layer_class(cls)
+
+    def variational_weights(self) -> list[tuple[str, Posterior, Callable[[dist.Distribution], jax.Array] | None]]:
+        """``(site, posterior, tensor fn)`` of each weight with a prior: the kernel, and the bias if it has one."""
+        weights = [(self.kernel_site, self.kernel_posterior, self.kernel_posterior_tensor_fn)]
+        if self.use_bias and self.bias_prior is not None:
+            weights.append((self.bias_site, self.bias_posterior, self.bias_posterior_tensor_fn))
+        return weights
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-safe constructor arguments, as Keras' ``get_config``.
 
         Priors, posteriors and the activation are written as registered names and
-        parameters; a callable that has none raises ``TypeError`` naming the argument.
+        parameters (see :mod:`npvi.serialization`); a user-defined callable (activation,
+        prior, KL, tensor fn, activity regularizer) has none and raises ``TypeError``
+        naming the layer and the argument.
 
         >>> import json, jax
         >>> layer = DenseFlipout(3, activation=jax.nn.relu, name="l1")
@@ -225,16 +250,82 @@ class DenseVariational:
         >>> rebuilt.activation is jax.nn.relu, rebuilt.kernel_posterior == layer.kernel_posterior
         (True, True)
         """
-        from npvi.serialization import layer_config
-
-        return layer_config(self)
+        owner = f"layer {self.name!r}"
+        for what in _UNDESCRIBABLE:
+            if getattr(self, what) is not None:
+                raise TypeError(f"{owner}: {what} is the callable {_label(getattr(self, what))!r}, which a config "
+                                "cannot describe; only None can be saved")  # fmt: skip
+        return {
+            "units": int(self.units),
+            "name": self.name,
+            "activation": describe_activation(self.activation, f"{owner}: activation"),
+            "kernel_prior": self._describe_prior("kernel_prior"),
+            "bias_prior": self._describe_prior("bias_prior"),
+            "kernel_posterior": describe_posterior(self.kernel_posterior, f"{owner}: kernel_posterior"),
+            # With use_bias=False the layer keeps a default PointMass it never uses, and the
+            # constructor refuses an explicit bias posterior then, so write None.
+            "bias_posterior": (
+                describe_posterior(self.bias_posterior, f"{owner}: bias_posterior") if self.use_bias else None
+            ),
+            "kernel_kl": self._describe_kl("kernel_kl"),
+            "bias_kl": self._describe_kl("bias_kl"),
+            "use_bias": bool(self.use_bias),
+            "kernel_posterior_tensor_fn": None,
+            "bias_posterior_tensor_fn": None,
+            "activity_regularizer": None,
+        }
 
     @classmethod
-    def from_config(cls, config):
-        """Rebuild a layer from :meth:`get_config`'s output; see :func:`npvi.serialization.layer_from_config`."""
-        from npvi.serialization import layer_from_config
+    def from_config(cls, config: dict[str, Any]) -> DenseVariational:
+        """Rebuild a layer from :meth:`get_config`'s output."""
+        if not hasattr(cls, "default_estimator"):
+            raise TypeError(
+                f"from_config needs a concrete layer class (e.g. DenseFlipout), got {cls.__name__}; "
+                "npvi.serialization.deserialize_layer reads the class from a serialized layer"
+            )
+        if not isinstance(config, dict):
+            raise TypeError(f"{cls.__name__}.from_config expects a dict, got {type(config).__name__}")
+        unknown = sorted(set(config) - set(_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}.from_config: unknown keys {unknown}; expected some of {list(_CONFIG_KEYS)}"
+            )
+        kwargs = dict(config)
+        units = kwargs.pop("units", None)
+        owner = f"layer {config.get('name')!r}"
+        for what in _UNDESCRIBABLE:
+            if kwargs.get(what) is not None:
+                raise ValueError(f"{owner}: a config can only hold {what}=None, got {kwargs[what]!r}")
+        if "activation" in kwargs:
+            kwargs["activation"] = activation_from_name(kwargs["activation"], f"{owner}: activation")
+        for what in ("kernel_prior", "bias_prior"):
+            if kwargs.get(what) is not None:
+                kwargs[what] = distribution_from_description(kwargs[what], f"{owner}: {what}")
+        for what in ("kernel_posterior", "bias_posterior"):
+            if kwargs.get(what) is not None:
+                kwargs[what] = posterior_from_description(kwargs[what], f"{owner}: {what}")
+        return cls(units, **kwargs)
 
-        return layer_from_config(cls, config)
+    def _describe_prior(self, what: str) -> dict[str, Any] | None:
+        prior = getattr(self, what)
+        owner = f"layer {self.name!r}: {what}"
+        if prior is None:
+            return None
+        if not isinstance(prior, dist.Distribution):
+            raise TypeError(
+                f"{owner} is the callable {_label(prior)!r}, which a config cannot describe; give a numpyro "
+                "distribution (Normal, Laplace, StudentT, ... with or without Independent/expand) instead"
+            )
+        return describe_distribution(prior, owner)
+
+    def _describe_kl(self, what: str) -> str:
+        choice = getattr(self, what)
+        if isinstance(choice, str):
+            return choice
+        raise TypeError(
+            f"layer {self.name!r}: {what} is the callable {_label(choice)!r}, which a config cannot describe; "
+            "use 'exact' or 'mc'"
+        )
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the layer: ``activation(inputs @ kernel + bias)`` under the chosen estimator."""

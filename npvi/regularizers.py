@@ -33,11 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro import distributions as dist
-from numpyro.primitives import _PYRO_STACK
 
 from npvi.kl import exact_kl
+from npvi.numpyro_internals import active_plates, any_handler_active, traced_site
 from npvi.serialization import describe_distribution, distribution_from_description
-from npvi.validation import traced_site
 
 DistributionB = dist.Distribution | Callable[[], dist.Distribution]
 TestPointsFn = Callable[[dist.Distribution, jax.Array], jax.Array]
@@ -85,7 +84,7 @@ def _check_axis(axis: Any) -> tuple[int, ...] | None:
 def _rng_key(owner: str, rng_key: jax.Array | None) -> jax.Array:
     if rng_key is not None:
         return rng_key
-    if _PYRO_STACK:  # numpyro.prng_key() warns when no handler at all is active
+    if any_handler_active():  # numpyro.prng_key() warns when no handler at all is active
         key = numpyro.prng_key()
         if key is not None:
             return key
@@ -255,10 +254,6 @@ class KLDivergenceRegularizer:
         )
 
 
-def _active_plates() -> dict[int, numpyro.plate]:
-    return {h.dim: h for h in _PYRO_STACK if isinstance(h, numpyro.plate)}
-
-
 class KLDivergenceAddLoss(KLDivergenceRegularizer):
     r"""TFP's ``KLDivergenceAddLoss``: adds :math:`-\text{penalty}` to a NumPyro model's log density.
 
@@ -321,7 +316,7 @@ class KLDivergenceAddLoss(KLDivergenceRegularizer):
 
     def _to_plates(self, terms: jax.Array) -> jax.Array:
         """Sum ``terms`` over every axis that is not an enclosing plate's: the plate batch shape remains."""
-        plates = _active_plates()
+        plates = active_plates()
         shape = tuple(jnp.shape(terms))
         copied = [p.name for d, p in plates.items() if len(shape) < -d or shape[d] != p.subsample_size]
         if copied:

@@ -1,4 +1,4 @@
-"""JSON descriptions of distributions, posteriors, activations and layer configs.
+"""JSON descriptions of distributions, posteriors and activations, and the registry of layer classes.
 
 Everything is described by a registered name and plain parameters, never by
 pickled or marshalled code (TFP issues 128 and 325), so a config survives
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +38,6 @@ import numpy as np
 from numpyro import distributions as dist
 
 from npvi.posteriors import MeanFieldNormal, PointMass
-
-if TYPE_CHECKING:  # pragma: no cover
-    from npvi.layers import DenseVariational
 
 # ---------------------------------------------------------------- distributions
 
@@ -238,136 +235,50 @@ def activation_from_name(name: str | None, owner: str = "activation") -> Callabl
     return _ACTIVATIONS[name]
 
 
-# ---------------------------------------------------------------- layers
+# ---------------------------------------------------------------- layer classes
 
-_LAYER_KEYS = (
-    "units", "name", "activation", "kernel_prior", "bias_prior", "kernel_posterior", "bias_posterior",
-    "kernel_kl", "bias_kl", "use_bias", "kernel_posterior_tensor_fn", "bias_posterior_tensor_fn",
-    "activity_regularizer",
-)  # fmt: skip
-_UNDESCRIBABLE = ("kernel_posterior_tensor_fn", "bias_posterior_tensor_fn", "activity_regularizer")
+_LAYER_CLASSES: dict[str, type] = {}
 
 
-def _describe_prior(layer: DenseVariational, what: str) -> dict[str, Any] | None:
-    prior = getattr(layer, what)
-    owner = f"layer {layer.name!r}: {what}"
-    if prior is None:
-        return None
-    if not isinstance(prior, dist.Distribution):
-        label = getattr(prior, "__name__", None) or type(prior).__name__
-        raise TypeError(
-            f"{owner} is the callable {label!r}, which a config cannot describe; give a numpyro "
-            "distribution (Normal, Laplace, StudentT, ... with or without Independent/expand) instead"
-        )
-    return describe_distribution(prior, owner)
+def register_layer_class(cls: type) -> type:
+    """Let :func:`deserialize_layer` (and so :func:`npvi.load`) rebuild layers of ``cls`` by its name.
 
+    npvi's layer classes register themselves when they are defined; ``cls`` needs
+    ``get_config()`` and a classmethod ``from_config(config)``. Returns ``cls``, so it
+    works as a class decorator.
 
-def _describe_kl(layer: DenseVariational, what: str) -> str:
-    choice = getattr(layer, what)
-    if isinstance(choice, str):
-        return choice
-    label = getattr(choice, "__name__", None) or type(choice).__name__
-    raise TypeError(
-        f"layer {layer.name!r}: {what} is the callable {label!r}, which a config cannot describe; "
-        "use 'exact' or 'mc'"
-    )
-
-
-def layer_config(layer: DenseVariational) -> dict[str, Any]:
-    """JSON-safe constructor arguments of an npvi dense layer (``DenseVariational.get_config``).
-
-    A user-defined callable (activation, prior, KL, tensor fn, activity regularizer)
-    cannot be described and raises ``TypeError`` naming the layer and the argument.
+    >>> "DenseFlipout" in layer_class_names()
+    True
     """
-    for what in _UNDESCRIBABLE:
-        fn = getattr(layer, what)
-        if fn is not None:
-            label = getattr(fn, "__name__", None) or type(fn).__name__
-            raise TypeError(
-                f"layer {layer.name!r}: {what} is the callable {label!r}, which a config cannot describe; "
-                "only None can be saved"
-            )
-    return {
-        "units": int(layer.units),
-        "name": layer.name,
-        "activation": describe_activation(layer.activation, f"layer {layer.name!r}: activation"),
-        "kernel_prior": _describe_prior(layer, "kernel_prior"),
-        "bias_prior": _describe_prior(layer, "bias_prior"),
-        "kernel_posterior": describe_posterior(layer.kernel_posterior, f"layer {layer.name!r}: kernel_posterior"),
-        # With use_bias=False the layer keeps a default PointMass it never uses, and the
-        # constructor refuses an explicit bias posterior then, so write None.
-        "bias_posterior": (
-            describe_posterior(layer.bias_posterior, f"layer {layer.name!r}: bias_posterior")
-            if layer.use_bias
-            else None
-        ),
-        "kernel_kl": _describe_kl(layer, "kernel_kl"),
-        "bias_kl": _describe_kl(layer, "bias_kl"),
-        "use_bias": bool(layer.use_bias),
-        "kernel_posterior_tensor_fn": None,
-        "bias_posterior_tensor_fn": None,
-        "activity_regularizer": None,
-    }
+    if not (isinstance(cls, type) and callable(getattr(cls, "from_config", None)) and hasattr(cls, "get_config")):
+        raise TypeError(f"register_layer_class expects a class with get_config and from_config, got {cls!r}")
+    _LAYER_CLASSES[cls.__name__] = cls
+    return cls
 
 
-def layer_from_config(cls: type, config: dict[str, Any]) -> DenseVariational:
-    """Build ``cls`` from :func:`layer_config`'s output (``DenseVariational.from_config``)."""
-    from npvi.layers import DenseVariational
-
-    if not (isinstance(cls, type) and issubclass(cls, DenseVariational)) or cls is DenseVariational:
-        raise TypeError(
-            "from_config needs a concrete layer class (DenseReparameterization, DenseLocalReparameterization "
-            f"or DenseFlipout), got {getattr(cls, '__name__', cls)!r}; npvi.serialization.deserialize_layer "
-            "reads the class from a serialized layer"
-        )
-    if not isinstance(config, dict):
-        raise TypeError(f"{cls.__name__}.from_config expects a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(_LAYER_KEYS))
-    if unknown:
-        raise ValueError(f"{cls.__name__}.from_config: unknown keys {unknown}; expected some of {list(_LAYER_KEYS)}")
-    name = config.get("name")
-    kwargs = dict(config)
-    units = kwargs.pop("units", None)
-    for what in _UNDESCRIBABLE:
-        if kwargs.get(what) is not None:
-            raise ValueError(f"layer {name!r}: a config can only hold {what}=None, got {kwargs[what]!r}")
-    if "activation" in kwargs:
-        kwargs["activation"] = activation_from_name(kwargs["activation"], f"layer {name!r}: activation")
-    for what in ("kernel_prior", "bias_prior"):
-        if kwargs.get(what) is not None:
-            kwargs[what] = distribution_from_description(kwargs[what], f"layer {name!r}: {what}")
-    for what in ("kernel_posterior", "bias_posterior"):
-        if kwargs.get(what) is not None:
-            kwargs[what] = posterior_from_description(kwargs[what], f"layer {name!r}: {what}")
-    return cls(units, **kwargs)
+def layer_class_names() -> list[str]:
+    """The names of the registered layer classes."""
+    return sorted(_LAYER_CLASSES)
 
 
-def _layer_classes() -> dict[str, type]:
-    from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
-
-    return {c.__name__: c for c in (DenseReparameterization, DenseLocalReparameterization, DenseFlipout)}
-
-
-def serialize_layer(layer: DenseVariational) -> dict[str, Any]:
+def serialize_layer(layer: Any) -> dict[str, Any]:
     """``{"class_name": "DenseFlipout", "config": layer.get_config()}``: enough to rebuild the layer.
 
     >>> import npvi
     >>> serialize_layer(npvi.DenseFlipout(2, name="l1"))["class_name"]
     'DenseFlipout'
     """
-    classes = _layer_classes()
     name = type(layer).__name__
-    if classes.get(name) is not type(layer):
-        raise TypeError(f"serialize_layer expects an npvi dense layer, got {name}")
+    if _LAYER_CLASSES.get(name) is not type(layer):
+        raise TypeError(f"serialize_layer expects an npvi layer (one of {layer_class_names()}), got {name}")
     return {"class_name": name, "config": layer.get_config()}
 
 
-def deserialize_layer(serialized: dict[str, Any]) -> DenseVariational:
+def deserialize_layer(serialized: dict[str, Any]) -> Any:
     """Rebuild a layer from :func:`serialize_layer`'s output."""
     if not isinstance(serialized, dict) or set(serialized) != {"class_name", "config"}:
         raise ValueError(f"expected a serialized layer {{'class_name': ..., 'config': ...}}, got {serialized!r}")
-    classes = _layer_classes()
     name = serialized["class_name"]
-    if name not in classes:
-        raise ValueError(f"unknown layer class {name!r}; expected one of {sorted(classes)}")
-    return classes[name].from_config(serialized["config"])
+    if name not in _LAYER_CLASSES:
+        raise ValueError(f"unknown layer class {name!r}; expected one of {layer_class_names()}")
+    return _LAYER_CLASSES[name].from_config(serialized["config"])

@@ -11,26 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
-from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.primitives import _PYRO_STACK
 
 
 def is_concrete(value: Any) -> bool:
     """True when ``value`` holds numbers now (not a JAX tracer inside jit/vmap/grad)."""
     return not isinstance(value, jax.core.Tracer)
-
-
-def traced_site(name: str) -> dict | None:
-    """The site called ``name`` already recorded in this run by an enclosing ``trace``, if any.
-
-    Every inference path (SVI, Predictive, MCMC, autoguides) runs the model under
-    ``trace``, so this is where a name used twice in one model run shows up.
-    """
-    for handler in _PYRO_STACK:
-        if isinstance(handler, handlers.trace) and name in handler.trace:
-            return handler.trace[name]
-    return None
 
 
 def check_finite(owner: str, what: str, value: Any) -> None:
@@ -69,7 +55,9 @@ def check_distribution_args(layer: str, what: str, d: dist.Distribution) -> None
         value = getattr(base, param)
         if not is_concrete(value):
             continue
-        if not np.all(np.asarray(constraint(value))):
+        with jax.ensure_compile_time_eval():  # concrete values inside a trace: check them now, as NumPyro does
+            valid = constraint(value)
+        if not np.all(np.asarray(valid)):
             raise ValueError(
                 f"layer {layer!r}: {what} {type(base).__name__} needs a valid {param} "
                 f"(expected {constraint}), got {np.asarray(value).tolist()!r}"
