@@ -150,7 +150,7 @@ def plain_loss(problem: Problem, estimator: str):
     """The negative ELBO by hand; it splits keys in the order NumPyro's handlers do.
 
     npvi.ELBO splits the step key into (model, guide) keys; the guide takes one key
-    for itself, then one per kernel draw; the model takes one per kernel site (the
+    per kernel draw; the model takes one per kernel site (the
     replayed draw), one per LRT/Flipout layer and one for the subsampling plate. With
     the same keys the plain step therefore draws the same numbers as npvi, and the
     same params give the same loss (tests/test_bench.py checks this).
@@ -158,7 +158,6 @@ def plain_loss(problem: Problem, estimator: str):
 
     def loss(params, key, x, y):
         model_key, guide_key = jax.random.split(key)
-        guide_key, _ = jax.random.split(guide_key)
         eps = {}
         for name in problem.names:
             guide_key, draw_key = jax.random.split(guide_key)

@@ -16,7 +16,7 @@ from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparam
 from npvi.posteriors import MeanFieldNormal, PointMass
 from npvi.predictive import Predictive
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
-from npvi.training import fit
+from npvi.training import Trainer, fit
 from npvi.uncertainty import (
     classification_summary,
     expected_calibration_error,
@@ -38,6 +38,7 @@ __all__ = [
     "PointMass",
     "Predictive",
     "SamplePoints",
+    "Trainer",
     "classification_summary",
     "expected_calibration_error",
     "fit",

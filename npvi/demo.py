@@ -51,7 +51,6 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 import npvi
-from npvi.tracing import jit_setup
 
 #: Seed of the train/held-out split. It is fixed, independent of the training seed,
 #: so that runs with different ``seed`` values are scored on the same held-out points.
@@ -289,15 +288,6 @@ def _write_outputs(
     return files
 
 
-def _split_in_three(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return tuple(jax.random.split(key, 3))
-
-
-def _demo_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``split(PRNGKey(seed), 3)``, the split as one small program (eagerly, split and unstack each compile)."""
-    return jit_setup(_split_in_three)(jax.random.PRNGKey(seed))
-
-
 def run_demo(
     dataset: str = "digits",
     estimator: str = "flipout",
@@ -340,7 +330,7 @@ def run_demo(
     )
     guide = npvi.MeanFieldGuide(model)
     svi = SVI(model, guide, optax.adam(config.learning_rate), npvi.ELBO())
-    fit_key, predict_key, idata_key = _demo_keys(seed)
+    fit_key, predict_key, idata_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     result = npvi.fit(
         svi, fit_key, epochs, data.x_train, data.y_train, batch_size=config.batch_size, progress_bar=progress_bar
     )

@@ -7,20 +7,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import random
-from numpyro.distributions.util import scale_and_mask
-from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO as _NumPyroELBO
+from numpyro.infer.util import compute_log_probs
+from numpyro.util import check_model_guide_match
 
 from npvi.handlers import DENSE_MESSAGE
 from npvi.kl import kl_term
-
-
-def _log_prob_sum(site: dict) -> jax.Array:
-    if site["intermediates"]:
-        log_prob = site["fn"].log_prob(site["value"], site["intermediates"])
-    else:
-        log_prob = site["fn"].log_prob(site["value"])
-    return jnp.sum(scale_and_mask(log_prob, site["scale"]))
 
 
 def _layer_weights(model_trace: dict) -> dict[str, tuple[str, str, Any]]:
@@ -89,13 +82,16 @@ class ELBO(_NumPyroELBO):
 
         def single_particle_elbo(rng_key: jax.Array):
             model_seed, guide_seed = random.split(rng_key)
-            guide_trace = trace(substitute(seed(guide, guide_seed), data=param_map)).get_trace(*args, **kwargs)
+            guide_log_probs, guide_trace = compute_log_probs(seed(guide, guide_seed), args, kwargs, param_map)
             mutable = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "mutable"}
             params = {**param_map, **mutable}
-            replayed = replay(seed(model, model_seed), guide_trace)
-            model_trace = trace(substitute(replayed, data=params)).get_trace(*args, **kwargs)
+            model_log_probs, model_trace = compute_log_probs(
+                replay(seed(model, model_seed), guide_trace), args, kwargs, params
+            )
+            check_model_guide_match(model_trace, guide_trace)  # NumPyro's own checks, as its ELBOs run them
             mutable.update({n: s["value"] for n, s in model_trace.items() if s["type"] == "mutable"})
-            return self._elbo(model_trace, guide_trace), (mutable or None)
+            elbo = self._elbo(model_trace, guide_trace, model_log_probs, guide_log_probs)
+            return elbo, (mutable or None)
 
         if self.num_particles == 1:
             elbo, mutable = single_particle_elbo(rng_key)
@@ -105,7 +101,8 @@ class ELBO(_NumPyroELBO):
         )
         return {"loss": -jnp.mean(elbos), "mutable_state": mutable}
 
-    def _elbo(self, model_trace: dict, guide_trace: dict) -> jax.Array:
+    def _elbo(self, model_trace: dict, guide_trace: dict, model_log_probs: dict, guide_log_probs: dict) -> jax.Array:
+        """Log-likelihood minus ``kl_weight`` times the KL terms; the log probs are scaled and summed per site."""
         weights = _layer_weights(model_trace)
         log_likelihood = jnp.zeros(())
         kl = jnp.zeros(())
@@ -113,15 +110,15 @@ class ELBO(_NumPyroELBO):
             if site["type"] != "sample":
                 continue
             if site["is_observed"]:
-                log_likelihood = log_likelihood + _log_prob_sum(site)
+                log_likelihood = log_likelihood + model_log_probs[name]
             elif name in weights and name in guide_trace:
                 layer, what, choice = weights[name]
                 scale = 1.0 if site["scale"] is None else site["scale"]
                 q = guide_trace[name]["fn"]
                 kl = kl + scale * kl_term(layer, what, choice, q, site["fn"], site["value"])
             else:
-                kl = kl - _log_prob_sum(site)
+                kl = kl - model_log_probs[name]
         for name, site in guide_trace.items():
             if site["type"] == "sample" and not site["is_observed"] and name not in weights:
-                kl = kl + _log_prob_sum(site)
+                kl = kl + guide_log_probs[name]
         return log_likelihood - self.kl_weight * kl

@@ -1,67 +1,163 @@
-"""The guide that owns the variational posteriors of npvi layers."""
+r"""The guide that owns the variational posteriors of a model built from npvi layers.
+
+On its first call, :class:`MeanFieldGuide` reads the model's structure from an abstract trace
+(:func:`npvi.tracing.eval_static`: nothing is computed) and places
+
+* the layer's posterior family on every layer weight (TFP's mean-field Normal by default);
+* a mean-field Normal in unconstrained space on every other latent site (a noise scale, a
+  hierarchical prior scale), mapped to the site's support by ``biject_to(support)``, as
+  NumPyro's ``AutoNormal`` does.
+
+Every parameter is named ``"<site>.<part>"``: ``"l1.kernel.loc"``,
+``"l1.kernel.untransformed_scale"``, ``"sigma.loc"``, ``"sigma.untransformed_scale"``. The
+guide keeps no traced state, so ``svi.init``, ``svi.update`` and the guide itself trace under
+:func:`jax.jit` and :func:`jax.vmap` from the first call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+import math
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import numpyro
+from numpyro import distributions as dist
 from numpyro import handlers
-from numpyro.infer.autoguide import AutoNormal
+from numpyro.distributions import biject_to, constraints
 from numpyro.infer.initialization import init_to_median
-from numpyro.primitives import Messenger
+from numpyro.infer.util import helpful_support_errors
 
-from npvi.auto_normal import UNTRACEABLE, set_up_auto_normal
 from npvi.handlers import DENSE_MESSAGE
-from npvi.layers import POSTERIOR_KEY, DenseVariational
-from npvi.tracing import jit_setup, split_arrays
-from npvi.validation import check_finite, is_concrete
+from npvi.layers import POSTERIOR_KEY
+from npvi.posteriors import Posterior, inverse_softplus_scale, softplus_scale
+from npvi.tracing import eval_static
+from npvi.validation import check_finite
 
 Trace = dict[str, dict[str, Any]]
 
 
-class _WeightSite:
-    """A layer weight the guide places a posterior on."""
+@dataclass(frozen=True)
+class _Weight:
+    """A layer weight: its site, the layer's posterior family and tensor fn, the weight's shape."""
 
-    def __init__(self, layer: DenseVariational, part: str, shape: tuple[int, ...], dtype) -> None:
-        self.layer, self.part, self.shape, self.dtype = layer, part, shape, dtype
-        self.posterior = layer.kernel_posterior if part == "kernel" else layer.bias_posterior
-        self.tensor_fn = (
-            layer.kernel_posterior_tensor_fn if part == "kernel" else layer.bias_posterior_tensor_fn
+    name: str
+    posterior: Posterior
+    tensor_fn: Callable[[dist.Distribution], jax.Array] | None
+    shape: tuple[int, ...]
+    dtype: Any
+
+
+@dataclass(frozen=True)
+class _Latent:
+    """Any other latent site: the shape of its value, its support, and the plates it sits in."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    event_dim: int
+    support: constraints.Constraint
+    plates: tuple[Any, ...]  # NumPyro's CondIndepStackFrame(name, dim, size)
+
+    def transform(self) -> dist.transforms.Transform:
+        """``biject_to(support)``: unconstrained space to the site's support."""
+        return biject_to(self.support)
+
+    def unconstrained_event_dim(self) -> int:
+        """The guide's event dim in unconstrained space (a simplex of K values has K - 1 there)."""
+        unconstrained = self.transform().inverse_shape(self.shape)
+        return self.event_dim + len(unconstrained) - len(self.shape)
+
+
+@dataclass(frozen=True)
+class Sites:
+    """What :class:`MeanFieldGuide` reads from the model: layer weights and other latents, in the model's order."""
+
+    weights: tuple[_Weight, ...]
+    latents: tuple[_Latent, ...]
+
+
+def _has_traced_values(support: constraints.Constraint) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(support))
+
+
+def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Latent:
+    subsampled = [frame.name for frame in site["cond_indep_stack"] if frame.size != full_sizes.get(frame.name)]
+    if subsampled:
+        raise ValueError(
+            f"MeanFieldGuide: the latent site {name!r} sits in the subsampled plate(s) {subsampled}, so it has one "
+            "value per example, but a minibatch's plate indices do not say which examples it holds (npvi.fit "
+            "chooses the rows); give the site a global value (outside the data plate), or use a guide of your own"
         )
+    support = site["fn"].support
+    with helpful_support_errors(site):  # e.g. a discrete site: NumPyro's own message
+        biject_to(support)
+    if _has_traced_values(support):
+        raise ValueError(
+            f"MeanFieldGuide: the support of latent site {name!r} ({support}) depends on values computed in the "
+            "model, but the guide needs it fixed; give the site a support with constant bounds"
+        )
+    return _Latent(
+        name,
+        tuple(jnp.shape(site["value"])),
+        jnp.result_type(site["value"]),
+        site["fn"].event_dim,
+        support,
+        tuple(site["cond_indep_stack"]),
+    )
 
 
-class NeedsConcreteSetup(RuntimeError):
-    """The guide's first call ran under ``jit``/``vmap``, but AutoNormal must set its other latents up eagerly."""
+def read_sites(trace: Trace) -> Sites:
+    """The layer weights and other latent sites of a model trace; checks observed data for NaN where concrete."""
+    full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
+    weights = []
+    for site in trace.values():
+        if site["type"] == DENSE_MESSAGE:
+            for name, posterior, tensor_fn in site["kwargs"]["layer"].variational_weights():
+                value = trace[name]["value"]
+                weights.append(_Weight(name, posterior, tensor_fn, tuple(jnp.shape(value)), jnp.result_type(value)))
+    weight_names = {weight.name for weight in weights}
+    latents = []
+    for name, site in trace.items():
+        if site["type"] != "sample" or name in weight_names:
+            continue
+        if site["is_observed"]:
+            check_finite(f"site {name!r}", "the observed data", site["value"])
+        else:
+            latents.append(_latent(name, site, full_sizes))
+    return Sites(tuple(weights), tuple(latents))
 
 
-def _other_latents(trace: Trace, weight_sites: Container[str]) -> list[str]:
-    """The latent sample sites that are not npvi layer weights: AutoNormal's part of the guide."""
-    return [
-        name
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"] and name not in weight_sites
-    ]
+class _InitialLocations:
+    """The unconstrained initial locations of the other latents, computed on the first request.
 
-
-class _Frozen(Messenger):
-    """Give the named layer sites (weights, bias params, outputs) fixed values, and hide them from handlers outside.
-
-    AutoNormal's setup runs the model several times (and, if it cannot be
-    compiled, op by op); with the layers frozen at the prototype's values it skips
-    the network's operations but sees the same values at every other site.
+    One prior run of the model with ``init_loc_fn`` at those sites (as NumPyro's
+    ``initialize_model`` does, so a hierarchical site starts from its parents' initial
+    values), then ``biject_to(support).inv``. The guide asks only while it creates its
+    parameters, in ``svi.init``; afterwards the parameters are substituted and this never runs.
     """
 
-    def __init__(self, fn: Callable[..., Any], values: dict[str, jax.Array]) -> None:
-        self.values = values
-        super().__init__(fn)
+    def __init__(self, model: Callable, init_loc_fn: Callable, sites: Sites, args: tuple, kwargs: dict) -> None:
+        self.model, self.init_loc_fn, self.args, self.kwargs = model, init_loc_fn, args, kwargs
+        self.latents = {latent.name: latent for latent in sites.latents}
+        self.locs: dict[str, jax.Array] | None = None
 
-    def process_message(self, msg) -> None:
-        if msg["type"] in ("sample", "param", DENSE_MESSAGE) and msg["name"] in self.values:
-            msg["value"] = self.values[msg["name"]]
-            msg["stop"] = True
+    def __call__(self, name: str, rng_key: jax.Array) -> jax.Array:
+        if self.locs is None:
+            self.locs = self._compute(rng_key)
+        return self.locs[name]
+
+    def _compute(self, rng_key: jax.Array) -> dict[str, jax.Array]:
+        def init_value(site: dict[str, Any]) -> jax.Array | None:
+            return self.init_loc_fn(site) if site["name"] in self.latents else None
+
+        model = handlers.substitute(handlers.seed(self.model, rng_key), substitute_fn=init_value)
+        with handlers.block():
+            trace = handlers.trace(model).get_trace(*self.args, **self.kwargs)
+        return {name: latent.transform().inv(trace[name]["value"]) for name, latent in self.latents.items()}
 
 
 class MeanFieldGuide:
@@ -71,29 +167,41 @@ class MeanFieldGuide:
       when it has a prior) gets the layer's posterior family; by default TFP's
       independent Normal, :math:`\sigma = \operatorname{softplus}(u) + \varepsilon`,
       with parameters ``"<site>.loc"`` and ``"<site>.untransformed_scale"``.
-    * Every other latent site (an observation-noise scale, a hierarchical prior
-      scale) is handled by NumPyro's :class:`~numpyro.infer.autoguide.AutoNormal`,
-      with its parameter names ``"<site>_auto_loc"`` and ``"<site>_auto_scale"``.
+    * Every other latent site :math:`z` (an observation-noise scale, a hierarchical
+      prior scale) gets the same family in unconstrained space,
+      :math:`z = T(\zeta)`, :math:`\zeta \sim \mathcal{N}(\mu, \sigma^2)` with
+      :math:`T` = ``biject_to(support)``, parameters ``"<site>.loc"`` and
+      ``"<site>.untransformed_scale"``: NumPyro's ``AutoNormal`` with npvi's names.
+      :math:`\mu` starts at :math:`T^{-1}` of ``init_loc_fn``'s value (a
+      :mod:`numpyro.infer.initialization` strategy; default ``init_to_median``) and
+      :math:`\sigma` at ``init_scale``.
+
+    Latent sites inside a plate get one posterior per plate element; a latent in a
+    *subsampled* plate (one value per example of a minibatch) raises ``ValueError``,
+    since the plate's indices do not say which examples a minibatch holds.
 
     The posterior is passed to the model through the weight site's ``infer``
     dict, which is how Flipout and local reparameterization see :math:`\mu` and
-    :math:`\sigma` during SVI.
-
-    On its first call the guide traces the model once (a prototype, as
-    NumPyro's autoguides do) and checks the observed data for NaN.
+    :math:`\sigma` during SVI. Its first call (``svi.init``) reads the model's sites
+    from an abstract trace (no computation) and keeps them (:attr:`sites`): as with
+    NumPyro's autoguides, a site observed then stays observed, so later calls
+    without the observations (prediction) still treat it as data. Nothing traced is
+    kept, so the guide traces under ``jit`` and ``vmap`` from its first call. The
+    first call also checks the observed data for NaN where it is concrete.
 
     >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import SVI
     >>> import npvi
     >>> def model(x, y=None):
     ...     mu = npvi.DenseFlipout(1, name="l1")(x)[..., 0]
+    ...     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     ...     with numpyro.plate("data", x.shape[0]):
-    ...         numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+    ...         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
     >>> guide = npvi.MeanFieldGuide(model)
     >>> svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
-    >>> state = svi.init(jax.random.PRNGKey(0), jnp.ones((4, 2)), jnp.zeros(4))
+    >>> state = jax.jit(svi.init)(jax.random.PRNGKey(0), jnp.ones((4, 2)), jnp.zeros(4))
     >>> sorted(svi.get_params(state))
-    ['l1.bias', 'l1.kernel.loc', 'l1.kernel.untransformed_scale']
+    ['l1.bias', 'l1.kernel.loc', 'l1.kernel.untransformed_scale', 'sigma.loc', 'sigma.untransformed_scale']
     """
 
     def __init__(
@@ -103,97 +211,58 @@ class MeanFieldGuide:
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
     ) -> None:
+        if not (isinstance(init_scale, int | float) and not isinstance(init_scale, bool) and init_scale > 0):
+            raise ValueError(f"MeanFieldGuide: init_scale must be a positive number, got {init_scale!r}")
         self.model = model
         self.init_loc_fn = init_loc_fn
-        self.init_scale = init_scale
-        self.weight_sites: dict[str, _WeightSite] | None = None
-        self._other_sites: AutoNormal | None = None
+        self.init_scale = float(init_scale)
+        self.sites: Sites | None = None
 
-    def _setup(self, rng_key: jax.Array | None, *args: Any, **kwargs: Any) -> None:
-        rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        prototype, values = self._prototype(rng_key, args, kwargs)
-        weight_sites = {}
-        for site in prototype.values():
-            if site["type"] == DENSE_MESSAGE:
-                layer = site["kwargs"]["layer"]
-                parts = ["kernel"] + (["bias"] if layer.use_bias and layer.bias_prior is not None else [])
-                for part in parts:
-                    name = f"{layer.name}.{part}"
-                    value = prototype[name]["value"]
-                    weight_sites[name] = _WeightSite(layer, part, tuple(value.shape), value.dtype)
-            elif site["type"] == "sample" and site["is_observed"]:
-                check_finite(f"site {site['name']!r}", "the observed data", values[site["name"]])
-        others = _other_latents(prototype, weight_sites)
-        if others:
-            if not is_concrete(rng_key):
-                raise NeedsConcreteSetup(
-                    f"MeanFieldGuide: the first call of the guide runs under jit or vmap, but the latent sites "
-                    f"{others} use NumPyro's AutoNormal, whose setup needs concrete values; call svi.init "
-                    "(or the guide) outside jit first"
-                )
-            frozen = {name: value for name, value in values.items() if not prototype[name].get("is_observed")}
-            self._other_sites = set_up_auto_normal(
-                _Frozen(self.model, frozen),
-                rng_key,
-                args,
-                kwargs,
-                init_loc_fn=self.init_loc_fn,
-                init_scale=self.init_scale,
-            )
-        self.weight_sites = weight_sites
+    def read_sites(self, *args: Any, **kwargs: Any) -> Sites:
+        """The model's layer weights and other latents for these arguments, from an abstract trace."""
 
-    def _prototype(self, rng_key: jax.Array, args: tuple, kwargs: dict) -> tuple[Trace, dict[str, jax.Array]]:
-        """One prior run of the model: its trace, for the sites' structure, and the values AutoNormal needs.
-
-        With a concrete key the run is one compiled program (the model eagerly
-        costs an op-by-op compile of every operation: seconds for a small network)
-        and the values come back concrete: the observed data, and, when there are
-        latents for AutoNormal, the layers' weights and outputs. A model that cannot
-        be traced under ``jit`` (Python control flow on values) runs eagerly.
-        """
-
-        def run(key: jax.Array, args: tuple, kwargs: dict) -> tuple[Trace, dict[str, jax.Array]]:
+        def read() -> Sites:
             with handlers.block():
-                trace = handlers.trace(handlers.seed(self.model, key)).get_trace(*args, **kwargs)
-            keep = {name for name, site in trace.items() if site["type"] == "sample" and site["is_observed"]}
-            layers = [name for name, site in trace.items() if site["type"] == DENSE_MESSAGE]
-            weights = {f"{layer}.{part}" for layer in layers for part in ("kernel", "bias")}
-            if _other_latents(trace, weights):
-                keep |= {*layers, *(weights & trace.keys())}
-            return trace, {name: trace[name]["value"] for name in keep}
+                trace = handlers.trace(handlers.seed(self.model, rng_seed=0)).get_trace(*args, **kwargs)
+            return read_sites(trace)
 
-        if not is_concrete(rng_key) or jax.config.jax_check_tracer_leaks:  # the compiled run keeps its trace
-            return run(rng_key, args, kwargs)
-        arrays, rebuild = split_arrays((args, kwargs))
-        traces = []
-
-        def compiled(key: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
-            trace, values = run(key, *rebuild(arrays))
-            traces.append(trace)
-            return values
-
-        try:
-            values = jit_setup(compiled)(rng_key, arrays)
-        except UNTRACEABLE:
-            return run(rng_key, args, kwargs)
-        return traces[0], values
+        return eval_static(read)
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Sample every latent site from the posterior; returns ``{site: value}``."""
-        # Drawn on every call, so the first call (which also builds the prototype)
-        # draws the same keys for the sample sites as every later call.
-        setup_key = numpyro.prng_key()
-        if self.weight_sites is None:
-            self._setup(setup_key, *args, **kwargs)
+        if self.sites is None:
+            self.sites = self.read_sites(*args, **kwargs)
+        sites = self.sites
         values = {}
-        for name, site in self.weight_sites.items():
-            q = site.posterior(name, site.shape, site.dtype)
-            fixed = {} if site.tensor_fn is None else {name: site.tensor_fn(q)}
+        for weight in sites.weights:
+            q = weight.posterior(weight.name, weight.shape, weight.dtype)
+            fixed = {} if weight.tensor_fn is None else {weight.name: weight.tensor_fn(q)}
             with handlers.substitute(data=fixed):
-                values[name] = numpyro.sample(name, q, infer={POSTERIOR_KEY: q})
-        if self._other_sites is not None:
-            values.update(self._other_sites(*args, **kwargs))
+                values[weight.name] = numpyro.sample(weight.name, q, infer={POSTERIOR_KEY: q})
+        initial_locations = _InitialLocations(self.model, self.init_loc_fn, sites, args, kwargs)
+        for latent in sites.latents:
+            values[latent.name] = self._sample_latent(latent, initial_locations)
         return values
+
+    def _sample_latent(self, latent: _Latent, initial_locations: _InitialLocations) -> jax.Array:
+        transform = latent.transform()
+        event_dim = latent.unconstrained_event_dim()
+        shape = transform.inverse_shape(latent.shape)
+        with ExitStack() as stack:
+            for frame in latent.plates:
+                stack.enter_context(numpyro.plate(frame.name, frame.size, dim=frame.dim))
+            loc = numpyro.param(
+                f"{latent.name}.loc", lambda key: initial_locations(latent.name, key), event_dim=event_dim
+            )
+            u = numpyro.param(
+                f"{latent.name}.untransformed_scale",
+                jnp.full(shape, inverse_softplus_scale(self.init_scale, latent.dtype), latent.dtype),
+                event_dim=event_dim,
+            )
+            q = dist.Normal(loc, softplus_scale(u)).to_event(event_dim)
+            if not isinstance(transform, dist.transforms.IdentityTransform):
+                q = dist.TransformedDistribution(q, transform)
+            return numpyro.sample(latent.name, q)
 
     def sample_posterior(
         self,
@@ -204,24 +273,17 @@ class MeanFieldGuide:
         **kwargs: Any,
     ) -> dict[str, jax.Array]:
         """Draw ``sample_shape`` posterior samples of every latent site, as AutoGuides do."""
-        def draw(key: jax.Array) -> dict[str, jax.Array]:
-            guide = handlers.substitute(handlers.seed(self, key), data=params)
-            return guide(*args, **kwargs)
 
-        if self.weight_sites is None:  # build the prototype outside vmap, from concrete values
-            with handlers.substitute(data=params):
-                self._setup(rng_key, *args, **kwargs)
-        num = int(np.prod(sample_shape))
-        samples = jax.vmap(draw)(jax.random.split(rng_key, num))
+        def draw(key: jax.Array) -> dict[str, jax.Array]:
+            return handlers.substitute(handlers.seed(self, key), data=params)(*args, **kwargs)
+
+        samples = jax.vmap(draw)(jax.random.split(rng_key, math.prod(sample_shape)))
         return {k: v.reshape(tuple(sample_shape) + v.shape[1:]) for k, v in samples.items()}
 
     def median(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """Posterior median of every latent site (the ``loc`` of each weight posterior)."""
-        if self.weight_sites is None:
+        """Posterior median of every latent site: each weight posterior's ``loc``, ``T(loc)`` for the others."""
+        if self.sites is None:
             raise RuntimeError("the guide has not been run yet; call svi.init or the guide first")
-        medians = {name: params[f"{name}.loc"] for name in self.weight_sites}
-        if self._other_sites is not None:
-            # AutoNormal's median also has the model's deterministic sites, computed from the prototype's weights.
-            others = self._other_sites.median(params)
-            medians.update({name: value for name, value in others.items() if f"{name}_auto_loc" in params})
+        medians = {weight.name: params[f"{weight.name}.loc"] for weight in self.sites.weights}
+        medians.update({latent.name: latent.transform()(params[f"{latent.name}.loc"]) for latent in self.sites.latents})
         return medians

@@ -17,8 +17,10 @@ name as the dimension.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -27,7 +29,8 @@ import numpy as np
 import numpyro
 
 from npvi.handlers import DENSE_MESSAGE
-from npvi.predictive import Trace, build_prototype, chunked_map, traced_draw
+from npvi.predictive import Trace, chunked_draws, traced_draw
+from npvi.tracing import Static, eval_static, partition
 
 if TYPE_CHECKING:
     import arviz as az
@@ -67,13 +70,23 @@ def _plate_dims(name: str, site: dict[str, Any]) -> list[str]:
     return dims
 
 
-def _select_posterior(
+@dataclass(frozen=True)
+class _Structure:
+    """What the InferenceData's layout needs to know of the model, read from an abstract trace."""
+
+    posterior_sites: list[str]
+    observed_sites: list[str]
+    dims: dict[str, list[str]]
+    estimators: dict[str, str]
+
+
+def _structure(
     guide_trace: Trace,
     model_trace: Trace,
-    weight_sites: set[str],
     var_names: Sequence[str] | None,
     include_weights: bool,
-) -> list[str]:
+) -> _Structure:
+    weight_dims, estimators = _layer_dims(model_trace)
     candidates = [
         name
         for name, site in model_trace.items()
@@ -87,8 +100,44 @@ def _select_posterior(
                 f"to_inference_data: var_names {missing} are not latent or deterministic sites of the model; "
                 f"those are {candidates}"
             )
-        return list(var_names)
-    return [name for name in candidates if include_weights or name not in weight_sites]
+        posterior_sites = list(var_names)
+    else:
+        posterior_sites = [name for name in candidates if include_weights or name not in weight_dims]
+    observed_sites = [n for n, s in model_trace.items() if s["type"] == "sample" and s["is_observed"]]
+    dims = {name: _plate_dims(name, model_trace[name]) for name in posterior_sites + observed_sites}
+    dims.update({name: d for name, d in weight_dims.items() if name in dims})
+    return _Structure(posterior_sites, observed_sites, dims, estimators)
+
+
+def _draw_program(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    structure: _Structure,
+    num_samples: int,
+    chunk_size: int,
+    rng_key: jax.Array,
+    params: dict[str, jax.Array],
+    arrays: list[jax.Array],
+    *,
+    static: Static,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Every draw's posterior, predictive and log-likelihood values, and the observed data: one program."""
+    args, kwargs = static.rebuild(arrays)
+
+    def draw(key: jax.Array) -> dict[str, jax.Array]:
+        trace_key, predictive_key = jax.random.split(key)
+        _, trace = traced_draw(model, guide, params, trace_key, *args, **kwargs)
+        values = {f"posterior/{name}": trace[name]["value"] for name in structure.posterior_sites}
+        keys = jax.random.split(predictive_key, len(structure.observed_sites))
+        for name, key in zip(structure.observed_sites, keys, strict=True):
+            site = trace[name]
+            values[f"posterior_predictive/{name}"] = site["fn"].sample(key)
+            values[f"log_likelihood/{name}"] = site["fn"].log_prob(site["value"])
+        return values
+
+    _, trace = traced_draw(model, guide, params, rng_key, *args, **kwargs)
+    observed = {name: trace[name]["value"] for name in structure.observed_sites}
+    return chunked_draws(draw, rng_key, num_samples, chunk_size), observed
 
 
 def to_inference_data(
@@ -136,37 +185,27 @@ def to_inference_data(
     arviz = _import_arviz()
     from npvi import __version__
 
-    guide_trace, model_trace = build_prototype(model, guide, params, rng_key, *args, **kwargs)
-    weight_dims, estimators = _layer_dims(model_trace)
-    posterior_sites = _select_posterior(guide_trace, model_trace, set(weight_dims), var_names, include_weights)
-    observed_sites = [n for n, s in model_trace.items() if s["type"] == "sample" and s["is_observed"]]
-    if not observed_sites:
+    structure = eval_static(
+        lambda params: _structure(
+            *traced_draw(model, guide, params, rng_key, *args, **kwargs), var_names, include_weights
+        ),
+        params,
+    )
+    if not structure.observed_sites:
         raise ValueError(
             "to_inference_data: the model has no observed site for these arguments; pass the observations "
             "as for training (e.g. to_inference_data(model, guide, params, x, y, rng_key=key))"
         )
-
-    def draw(key: jax.Array, inputs: Any) -> dict[str, jax.Array]:
-        params, args, kwargs = inputs
-        trace_key, predictive_key = jax.random.split(key)
-        _, trace = traced_draw(model, guide, params, trace_key, *args, **kwargs)
-        values = {f"posterior/{name}": trace[name]["value"] for name in posterior_sites}
-        for name, key in zip(observed_sites, jax.random.split(predictive_key, len(observed_sites)), strict=True):
-            site = trace[name]
-            values[f"posterior_predictive/{name}"] = site["fn"].sample(key)
-            values[f"log_likelihood/{name}"] = site["fn"].log_prob(site["value"])
-        return values
-
-    draws = chunked_map(draw, rng_key, num_samples, chunk_size, (params, args, kwargs))
+    arrays, static = partition((args, kwargs))
+    program = functools.partial(_draw_program, model, guide, structure, num_samples, chunk_size)
+    draws, observed = jax.jit(program, static_argnames=("static",))(rng_key, params, arrays, static=static)
     groups: dict[str, dict[str, np.ndarray]] = {"posterior": {}, "posterior_predictive": {}, "log_likelihood": {}}
     for path, value in draws.items():
         group, name = path.split("/", 1)
         groups[group][name] = np.asarray(value)[None]  # one chain
-    observed = {name: np.asarray(model_trace[name]["value"]) for name in observed_sites}
-
-    all_dims = {name: _plate_dims(name, model_trace[name]) for name in posterior_sites + observed_sites}
-    all_dims.update({name: d for name, d in weight_dims.items() if name in all_dims})
-    all_dims.update(dims or {})
+    observed = {name: np.asarray(value) for name, value in observed.items()}
+    all_dims = {**structure.dims, **(dims or {})}
+    estimators = structure.estimators
     attrs = {
         "npvi_version": __version__,
         "inference_library": "numpyro",

@@ -11,12 +11,34 @@ parameter names are stable and documented: for a site ``"l1.kernel"``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpyro
 from numpyro import distributions as dist
+
+
+def softplus_scale(untransformed_scale: jax.Array) -> jax.Array:
+    r"""TFP's positive scale :math:`\sigma = \operatorname{softplus}(u) + \varepsilon_{\text{dtype}}`.
+
+    >>> round(float(softplus_scale(jnp.float32(-3.0))), 4)
+    0.0486
+    """
+    return jax.nn.softplus(untransformed_scale) + jnp.finfo(jnp.result_type(untransformed_scale)).eps
+
+
+def inverse_softplus_scale(scale: float, dtype) -> float:
+    """The :math:`u` with :func:`softplus_scale` ``(u) = scale``: the inverse softplus of ``scale - eps``.
+
+    >>> round(inverse_softplus_scale(0.1, jnp.float32), 4)
+    -2.2522
+    """
+    target = scale - float(jnp.finfo(dtype).eps)
+    if not target > 0:
+        raise ValueError(f"a scale must be larger than the dtype's eps ({float(jnp.finfo(dtype).eps)}), got {scale!r}")
+    return math.log(math.expm1(target))
 
 
 def _normal_init(mean: float, stddev: float, shape: tuple[int, ...], dtype):
@@ -55,8 +77,7 @@ class MeanFieldNormal:
             f"{site}.untransformed_scale",
             _normal_init(self.untransformed_scale_mean, self.untransformed_scale_stddev, shape, dtype),
         )
-        scale = jax.nn.softplus(untransformed_scale) + jnp.finfo(dtype).eps
-        return dist.Normal(loc, scale).to_event(len(shape))
+        return dist.Normal(loc, softplus_scale(untransformed_scale)).to_event(len(shape))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ NumPyro's ``Predictive``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from npvi.tracing import jit_once, split_arrays
+from npvi.tracing import Static, partition
 
 Trace = dict[str, dict[str, Any]]
 
@@ -54,84 +55,75 @@ def traced_draw(
     }
     model = handlers.substitute(handlers.substitute(model, data=params), data=latents)
     model_trace = handlers.trace(handlers.seed(model, model_key)).get_trace(*args, **kwargs)
+    missing = sorted(
+        name for trace in (guide_trace, model_trace) for name, site in trace.items()
+        if site["type"] == "param" and name not in params
+    )  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"the parameters {missing} are not in params: the guide or the model asked for them, so they would "
+            "start from their initial values. Pass the trained params (svi.get_params(state)); a guide set up "
+            "anew (after npvi.load, say) learns which sites are observed on its first call, so call it (or "
+            "svi.init) with the training data first"
+        )
     return guide_trace, model_trace
 
 
-def _is_set_up(guide: Callable[..., Any]) -> bool:
-    """Whether the guide has already built its own prototype (it has run once), so needs no concrete call."""
-    return getattr(guide, "weight_sites", None) is not None or getattr(guide, "prototype_trace", None) is not None
+def chunked_draws(
+    draw: Callable[[jax.Array], dict[str, jax.Array]], rng_key: jax.Array, num_samples: int, chunk_size: int
+) -> dict[str, jax.Array]:
+    """Stack ``draw(key)`` over ``jax.random.split(rng_key, num_samples)``, ``chunk_size`` keys at a time.
 
-
-def build_prototype(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    params: dict[str, jax.Array],
-    rng_key: jax.Array,
-    *args: Any,
-    **kwargs: Any,
-) -> tuple[Trace, Trace]:
-    """One draw's traces, to read the sites' names, types, shapes and observed values from.
-
-    A guide that has run before (after ``svi.init`` or training) is traced abstractly
-    (:func:`jax.eval_shape` over the key and params): no computation runs, so a fresh process does
-    not pay the eager compile of every op (seconds for a small network). Latent values
-    in the returned traces are then abstract; the data, closed over, stay concrete. A
-    guide that has never run gets one eager draw, so it can build its prototype from
-    concrete values.
+    The keys are padded to whole chunks and mapped with :func:`jax.lax.map` over chunks
+    of :func:`jax.vmap`, so the memory is about ``chunk_size`` draws' worth whatever
+    ``num_samples`` is. The keys do not depend on ``chunk_size``, so neither do the
+    numbers (up to the order of floating-point sums). A pure function: call it inside
+    a compiled program.
     """
-    with handlers.block():
-        if not _is_set_up(guide):
-            return traced_draw(model, guide, params, rng_key, *args, **kwargs)
-        traces = []
-        # Concrete params would make NumPyro validate the posteriors' arguments eagerly.
-        jax.eval_shape(
-            lambda key, params: traces.append(traced_draw(model, guide, params, key, *args, **kwargs)), rng_key, params
-        )
-        return traces[0]
-
-
-def chunked_program(
-    draw: Callable[[jax.Array, Any], dict[str, jax.Array]], inputs: Any, num_samples: int, chunk_size: int
-) -> tuple[Callable[[jax.Array, list[jax.Array]], dict[str, jax.Array]], list[jax.Array]]:
-    """The jitted ``run(rng_key, arrays)`` that stacks ``draw`` over ``num_samples`` keys, ``chunk_size`` at a time.
-
-    The keys are ``jax.random.split(rng_key, num_samples)``, padded to whole chunks
-    and mapped with :func:`jax.lax.map` over chunks of :func:`jax.vmap`; all of it,
-    the key split included, is one program (eager key ops would each compile). The
-    array leaves of ``inputs`` (params, data) are returned as ``arrays``, to enter
-    the program as arguments rather than as constants baked into it; other leaves
-    (``None``, ints) stay static.
-    """
-    arrays, rebuild = split_arrays(inputs)
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
-
-    @jit_once
-    def run(rng_key: jax.Array, arrays: list[jax.Array]) -> dict[str, jax.Array]:
-        rebuilt = rebuild(arrays)
-        keys = jax.random.split(rng_key, num_samples)
-        padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
-        chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
-        stacked = jax.lax.map(jax.vmap(lambda key: draw(key, rebuilt)), chunks)
-        return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
-
-    return run, arrays
+    keys = jax.random.split(rng_key, num_samples)
+    padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
+    chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
+    stacked = jax.lax.map(jax.vmap(draw), chunks)
+    return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
 
 
-def chunked_map(
-    draw: Callable[[jax.Array, Any], dict[str, jax.Array]],
-    rng_key: jax.Array,
+def _predictions(guide_trace: Trace, model_trace: Trace, return_sites: tuple[str, ...] | None) -> list[str]:
+    """The sites a :class:`Predictive` returns: those named, or the predictions and deterministic sites."""
+    if return_sites is None:
+        return [
+            name
+            for name, site in model_trace.items()
+            if (site["type"] == "sample" and name not in guide_trace) or site["type"] == "deterministic"
+        ]
+    missing = [name for name in return_sites if name not in model_trace]
+    if missing:
+        known = sorted(n for n, s in model_trace.items() if s["type"] in ("sample", "deterministic"))
+        raise ValueError(f"Predictive: return_sites {missing} are not sites of the model; its sites are {known}")
+    return list(return_sites)
+
+
+def _predictive_program(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    return_sites: tuple[str, ...] | None,
     num_samples: int,
     chunk_size: int,
-    inputs: Any,
+    rng_key: jax.Array,
+    params: dict[str, jax.Array],
+    arrays: list[jax.Array],
+    *,
+    static: Static,
 ) -> dict[str, jax.Array]:
-    """Stack ``draw(key, inputs)`` over ``num_samples`` keys, ``chunk_size`` keys at a time.
+    args, kwargs = static.rebuild(arrays)
 
-    The keys are ``jax.random.split(rng_key, num_samples)`` whatever the chunk
-    size, so ``chunk_size`` changes the memory, never the numbers.
-    """
-    run, arrays = chunked_program(draw, inputs, num_samples, chunk_size)
-    return run(rng_key, arrays)
+    def draw(key: jax.Array) -> dict[str, jax.Array]:
+        guide_trace, model_trace = traced_draw(model, guide, params, key, *args, **kwargs)
+        sites = _predictions(guide_trace, model_trace, return_sites)
+        return {name: jnp.asarray(model_trace[name]["value"]) for name in sites}
+
+    return chunked_draws(draw, rng_key, num_samples, chunk_size)
 
 
 class Predictive:
@@ -146,7 +138,12 @@ class Predictive:
     For each draw :math:`s`: :math:`W_s \sim q_\phi`, then the model runs with
     :math:`W_s` substituted, so a site ``y`` returns
     :math:`y_s \sim p(y \mid x, W_s)`. Memory: about ``chunk_size`` copies of
-    the latents plus the outputs, whatever ``num_samples`` is.
+    the latents plus the outputs, whatever ``num_samples`` is. The draws come from
+    ``jax.random.split(rng_key, num_samples)``, so ``chunk_size`` never changes them.
+
+    All the draws are one compiled program, which the ``Predictive`` keeps: a later
+    call with inputs of the same shapes (and the same non-array arguments) reuses it.
+    The params and the inputs are the program's arguments, not constants inside it.
 
     >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import SVI
@@ -157,8 +154,9 @@ class Predictive:
     ...         numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
     >>> x = jnp.ones((5, 3))
     >>> guide = npvi.MeanFieldGuide(model)
-    >>> state = SVI(model, guide, optax.adam(1e-2), npvi.ELBO()).init(jax.random.PRNGKey(0), x, jnp.zeros(5))
-    >>> predictive = npvi.Predictive(model, guide, state.optim_state[1][0], num_samples=250, chunk_size=100)
+    >>> svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
+    >>> params = svi.get_params(svi.init(jax.random.PRNGKey(0), x, jnp.zeros(5)))
+    >>> predictive = npvi.Predictive(model, guide, params, num_samples=250, chunk_size=100)
     >>> predictive(jax.random.PRNGKey(1), x)["y"].shape
     (250, 5)
     """
@@ -179,28 +177,19 @@ class Predictive:
         self.num_samples = _check_count("Predictive", "num_samples", num_samples)
         self.chunk_size = _check_count("Predictive", "chunk_size", chunk_size)
         self.return_sites = None if return_sites is None else list(return_sites)
-
-    def _sites(self, guide_trace: Trace, model_trace: Trace) -> list[str]:
-        if self.return_sites is None:
-            return [
-                name
-                for name, site in model_trace.items()
-                if (site["type"] == "sample" and name not in guide_trace) or site["type"] == "deterministic"
-            ]
-        missing = [name for name in self.return_sites if name not in model_trace]
-        if missing:
-            known = sorted(n for n, s in model_trace.items() if s["type"] in ("sample", "deterministic"))
-            raise ValueError(f"Predictive: return_sites {missing} are not sites of the model; its sites are {known}")
-        return self.return_sites
+        self._program = jax.jit(
+            functools.partial(
+                _predictive_program,
+                model,
+                guide,
+                None if return_sites is None else tuple(return_sites),
+                self.num_samples,
+                self.chunk_size,
+            ),
+            static_argnames=("static",),
+        )
 
     def __call__(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Draw ``{site: (num_samples, ...)}`` for the model inputs ``args, kwargs``."""
-        prototype = build_prototype(self.model, self.guide, self.params, rng_key, *args, **kwargs)
-        sites = self._sites(*prototype)
-
-        def draw(key: jax.Array, inputs: Any) -> dict[str, jax.Array]:
-            params, args, kwargs = inputs
-            _, model_trace = traced_draw(self.model, self.guide, params, key, *args, **kwargs)
-            return {name: jnp.asarray(model_trace[name]["value"]) for name in sites}
-
-        return chunked_map(draw, rng_key, self.num_samples, self.chunk_size, (self.params, args, kwargs))
+        arrays, static = partition((args, kwargs))
+        return self._program(rng_key, self.params, arrays, static=static)

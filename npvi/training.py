@@ -1,9 +1,11 @@
 r"""A minibatch training loop that runs each epoch on device.
 
 Stepping ``svi.update`` from Python costs one dispatch per minibatch, which
-dominates on small datasets. :func:`fit` compiles one epoch (a fresh
+dominates on small datasets. A :class:`Trainer` compiles one epoch (a fresh
 permutation of the data, then ``svi.update`` on each minibatch inside a
-:func:`jax.lax.scan`) and calls it once per epoch.
+:func:`jax.lax.scan`) and calls it once per epoch; it keeps its compiled programs,
+so that training again with data of the same shapes compiles nothing. :func:`fit`
+is one :class:`Trainer` used once.
 
 The model sees the minibatch and the size of the full dataset:
 ``model(*minibatch, num_data=N, **kwargs)``. It puts its likelihood in
@@ -24,29 +26,21 @@ import functools
 import inspect
 import math
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro import handlers
-from numpyro.infer.svi import SVI, SVIRunResult
+from numpyro.infer.svi import SVI, SVIRunResult, SVIState
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
-from npvi.guides import MeanFieldGuide, NeedsConcreteSetup
-from npvi.tracing import jit_at_cpu_level, jit_setup, split_arrays
+from npvi.guides import MeanFieldGuide
+from npvi.tracing import Static, partition
 from npvi.validation import check_finite
 
-#: Keyword through which :func:`fit` tells the model the size of the full dataset.
+#: Keyword through which training tells the model the size of the full dataset.
 NUM_DATA = "num_data"
-
-#: A run of ``fit`` estimated below this many FLOPs compiles its epoch quickly (see :func:`_for_short_run`).
-SHORT_RUN_FLOPS = 1e11
-
-#: Compiled inits and epochs per SVI object, so that repeated fits (notebooks, sweeps) compile once.
-_COMPILED: weakref.WeakKeyDictionary[SVI, dict[tuple, Callable]] = weakref.WeakKeyDictionary()
 
 
 def _accepts_num_data(fn: Callable[..., Any]) -> bool:
@@ -55,6 +49,12 @@ def _accepts_num_data(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):  # builtins and some callables have no signature
         return True
     return any(p.name == NUM_DATA or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _check_positive_int(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
@@ -72,140 +72,171 @@ def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
     if len(set(lengths)) != 1:
         raise ValueError(f"fit: every data array must have the same length on axis 0, got lengths {lengths}")
     num_data = lengths[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
     if batch_size > num_data:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the data ({num_data} examples)")
     return num_data
 
 
-def _compiled_epoch(
-    svi: SVI, num_data: int, batch_size: int, shuffle: bool, stable_update: bool, kwargs: dict[str, Any]
-) -> Callable[[Any, jax.Array, int, tuple[jax.Array, ...]], tuple[Any, jax.Array, jax.Array]]:
-    """One jitted epoch ``(state, rng_key, epoch, data) -> (state, losses, mean loss)``.
+def _init_program(
+    svi: SVI,
+    batch_size: int,
+    rng_key: jax.Array,
+    data: tuple[jax.Array, ...],
+    init_params: dict | None,
+    arrays: list,
+    *,
+    static: Static,
+) -> SVIState:
+    """``svi.init(split(rng_key)[0], *first minibatch, init_params=..., **kwargs)``."""
+    kwargs = static.rebuild(arrays)
+    batch = tuple(array[:batch_size] for array in data)
+    return svi.init(jax.random.split(rng_key)[0], *batch, init_params=init_params, **kwargs)
 
-    Its shuffle key is ``fold_in(split(rng_key)[1], epoch)``. The data enter as arguments,
-    not as constants folded into the compiled program, so a later ``fit`` of the same
-    ``svi`` with same-shaped data compiles nothing.
-    """
-    cache_key = _hashable("epoch", num_data, batch_size, shuffle, stable_update, tuple(sorted(kwargs.items())))
-    cached = _COMPILED.setdefault(svi, {})
-    if cache_key is not None and cache_key in cached:
-        return cached[cache_key]
-    update = svi.stable_update if stable_update else svi.update
+
+def _epoch_program(
+    update: Callable,
+    batch_size: int,
+    shuffle: bool,
+    state: SVIState,
+    rng_key: jax.Array,
+    epoch: jax.Array,
+    data: tuple[jax.Array, ...],
+    arrays: list,
+    *,
+    static: Static,
+) -> tuple[SVIState, jax.Array, jax.Array]:
+    """One epoch: its rows from ``fold_in(split(rng_key)[1], epoch)``, then ``update`` on each minibatch."""
+    kwargs = static.rebuild(arrays)
+    num_data = data[0].shape[0]
     num_batches = num_data // batch_size
+    key = jax.random.fold_in(jax.random.split(rng_key)[1], epoch)
+    order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
+    rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
 
-    @jax.jit
-    def run_epoch(
-        state: Any, rng_key: jax.Array, epoch: int, data: tuple[jax.Array, ...]
-    ) -> tuple[Any, jax.Array, jax.Array]:
-        # The epoch's key and mean loss are computed here too: eagerly, each costs an op-by-op compile.
-        key = jax.random.fold_in(jax.random.split(rng_key)[1], epoch)
-        order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
-        rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+    def step(state: SVIState, batch: jax.Array) -> tuple[SVIState, jax.Array]:
+        return update(state, *(array[batch] for array in data), **kwargs)
 
-        def step(state: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
-            return update(state, *(array[batch] for array in data), **kwargs)
-
-        state, losses = jax.lax.scan(step, state, rows)
-        return state, losses, jnp.mean(losses)
-
-    if cache_key is not None:
-        cached[cache_key] = run_epoch
-    return run_epoch
+    state, losses = jax.lax.scan(step, state, rows)
+    return state, losses, jnp.mean(losses)
 
 
-def _for_short_run(svi: SVI, run_epoch: Callable, args: tuple, num_steps: int) -> Callable:
-    """``run_epoch``, or for a short run on the CPU the same epoch compiled at XLA's optimisation level 1.
+class Trainer:
+    r"""Minibatch SVI in epochs, owning its compiled programs (in the spirit of optax's ``(init, update)``).
 
-    On the CPU the epoch's compile dominates a short run: level 1 compiles the digits
-    demo's epoch in 2.8 s instead of 4.5 s and runs its steps about 15 % slower, a
-    loss smaller than the saving while the run is below :data:`SHORT_RUN_FLOPS`.
-    XLA's cost analysis of the epoch (its scan body counted once, so about one
-    step's FLOPs) times ``num_steps`` estimates the run.
+    The model (and guide) are called as ``model(*minibatch, num_data=N, **kwargs)``,
+    where ``minibatch`` is the same rows of every data array and ``N`` their length.
+
+    * :meth:`init` runs ``svi.init`` on the first ``batch_size`` rows with the key
+      ``split(rng_key)[0]``; with a :class:`~npvi.MeanFieldGuide` it is one compiled
+      program (other guides, whose first call may keep traced values, run as in NumPyro).
+    * :meth:`epoch` is one compiled program: a permutation of the ``N`` rows drawn from
+      ``fold_in(split(rng_key)[1], epoch)`` (``shuffle=False`` keeps their order), cut
+      into ``N // batch_size`` minibatches, and ``svi.update`` on each in a
+      :func:`jax.lax.scan`. The last ``N % batch_size`` rows of the permutation sit
+      that epoch out, so every step has the same shape.
+    * :meth:`fit` runs :meth:`init` and then the epochs.
+
+    The programs belong to the trainer: calling it again with data of the same shapes
+    and the same non-array keyword arguments compiles nothing, and dropping the trainer
+    frees them. An epoch's key depends only on ``rng_key`` and the epoch's number, so
+    the first ``k`` epochs of a longer run are those of a run of ``k`` epochs, bit for
+    bit.
+
+    >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import SVI
+    >>> import npvi
+    >>> def model(x, y=None, num_data=None):
+    ...     mu = npvi.DenseFlipout(1, name="out")(x)[..., 0]
+    ...     with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+    ...         numpyro.sample("y", dist.Normal(mu, 0.5), obs=y)
+    >>> x = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
+    >>> y = x @ jnp.array([1.0, -2.0, 0.5])
+    >>> svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
+    >>> trainer = npvi.Trainer(svi, batch_size=32)
+    >>> first = trainer.fit(jax.random.PRNGKey(0), 5, x, y, progress_bar=False)
+    >>> more = trainer.fit(jax.random.PRNGKey(1), 5, x, y, init_state=first.state, progress_bar=False)
+    >>> more.losses.shape  # 5 epochs of 3 steps, on the programs the first fit compiled
+    (15,)
     """
-    if jax.default_backend() != "cpu":
-        return run_epoch
-    try:
-        analysis = run_epoch.lower(*args).cost_analysis()  # the trace is cached for the call that follows
-    except NotImplementedError:
-        return run_epoch
-    if isinstance(analysis, list | tuple):  # older jax: one dict per program
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    if flops is None or flops * num_steps > SHORT_RUN_FLOPS:
-        return run_epoch
-    cached = _COMPILED.setdefault(svi, {})
-    key = ("short run", run_epoch)
-    quick = cached.get(key) or jit_at_cpu_level(run_epoch.__wrapped__, 1)
-    if any(value is run_epoch for value in cached.values()):  # kept only beside a kept epoch
-        cached[key] = quick
-    return quick
 
+    def __init__(self, svi: SVI, *, batch_size: int, shuffle: bool = True, stable_update: bool = False) -> None:
+        if not isinstance(svi, SVI):
+            raise TypeError(f"Trainer: expected a numpyro.infer.SVI, got {type(svi).__name__}")
+        self.svi = svi
+        self.batch_size = _check_positive_int("fit", "batch_size", batch_size)
+        self.shuffle = bool(shuffle)
+        self.stable_update = bool(stable_update)
+        self._init = (
+            jax.jit(functools.partial(_init_program, svi, self.batch_size), static_argnames=("static",))
+            if isinstance(svi.guide, MeanFieldGuide)
+            else None
+        )
+        update = svi.stable_update if stable_update else svi.update
+        self._epoch = jax.jit(
+            functools.partial(_epoch_program, update, self.batch_size, self.shuffle), static_argnames=("static",)
+        )
 
-def _hashable(*parts: Any) -> tuple | None:
-    try:
-        hash(parts)
-    except TypeError:  # e.g. an array among the keyword arguments
-        return None
-    return parts
+    def _prepare(self, data: tuple, kwargs: dict[str, Any]) -> tuple[tuple[jax.Array, ...], list, Static]:
+        """Check the data and the model, and split the keyword arguments (with ``num_data``) for the programs."""
+        num_data = _check_data(data, self.batch_size)
+        if NUM_DATA in kwargs:
+            raise TypeError(f"fit passes {NUM_DATA}= itself (the length of the data, {num_data}); do not pass it")
+        if not _accepts_num_data(self.svi.model):
+            raise TypeError(
+                f"fit calls the model as model(*minibatch, {NUM_DATA}=N), but the model does not take a "
+                f"{NUM_DATA!r} keyword; add `{NUM_DATA}=None` to its signature and use "
+                f"numpyro.plate('data', {NUM_DATA}, subsample_size=x.shape[0]) around the likelihood"
+            )
+        arrays, static = partition({**kwargs, NUM_DATA: num_data})
+        return tuple(jnp.asarray(array) for array in data), arrays, static
 
+    def init(
+        self, rng_key: jax.Array, *data: jax.Array, init_params: dict[str, jax.Array] | None = None, **kwargs: Any
+    ) -> SVIState:
+        """``svi.init`` on the first minibatch (rows ``0:batch_size``) with the key ``split(rng_key)[0]``."""
+        data, arrays, static = self._prepare(data, kwargs)
+        return self._run_init(rng_key, data, init_params, arrays, static)
 
-def _first_batch(rng_key: jax.Array, data: tuple[jax.Array, ...], batch_size: int) -> tuple[jax.Array, tuple]:
-    """The key and minibatch of ``svi.init``: ``split(rng_key)[0]`` and the first ``batch_size`` rows."""
-    return jax.random.split(rng_key)[0], tuple(array[:batch_size] for array in data)
+    def _run_init(self, rng_key: jax.Array, data: tuple, init_params: dict | None, arrays: list, static: Static):
+        if self._init is not None:
+            return self._init(rng_key, data, init_params, arrays, static=static)
+        return _init_program(self.svi, self.batch_size, rng_key, data, init_params, arrays, static=static)
 
+    def epoch(
+        self, state: SVIState, rng_key: jax.Array, epoch: int, *data: jax.Array, **kwargs: Any
+    ) -> tuple[SVIState, jax.Array]:
+        """One pass over the data: the new state and the loss of each of its ``N // batch_size`` steps."""
+        data, arrays, static = self._prepare(data, kwargs)
+        state, losses, _ = self._epoch(state, rng_key, epoch, data, arrays, static=static)
+        return state, losses
 
-def _init(
-    svi: SVI, rng_key: jax.Array, data: tuple, batch_size: int, init_params: dict | None, kwargs: dict[str, Any]
-) -> Any:
-    """``svi.init`` on the first minibatch, compiled as one program for a MeanFieldGuide, which saves seconds.
-
-    A :class:`~npvi.MeanFieldGuide` can set itself up under ``jit`` unless it
-    hands latents to AutoNormal, whose setup cannot run inside another ``jit``; then
-    the guide sets itself up first (in its own compiled programs, see
-    :mod:`npvi.auto_normal`), with the key ``svi.init`` would give it, and the rest
-    of init still runs compiled. Other guides (whose setup may keep traced values) run
-    ``svi.init`` eagerly as in NumPyro. The compiled init is kept for later fits of ``svi``.
-    """
-    guide = svi.guide
-    if not isinstance(guide, MeanFieldGuide):
-        init_key, batch = _first_batch(rng_key, data, batch_size)
-        return svi.init(init_key, *batch, init_params=init_params, **kwargs)
-    cache_key = _hashable("init", len(data), batch_size, tuple(sorted(kwargs.items()))) if init_params is None else None
-    cached = _COMPILED.setdefault(svi, {})
-    arrays, rebuild = split_arrays((data, init_params, kwargs))
-    compiled = cached.get(cache_key) if cache_key is not None else None
-    if compiled is None:
-
-        def init(key: jax.Array, arrays: list[jax.Array]) -> Any:
-            data, init_params, kwargs = rebuild(arrays)
-            init_key, batch = _first_batch(key, data, batch_size)
-            return svi.init(init_key, *batch, init_params=init_params, **kwargs)
-
-        compiled = jit_setup(init)
-        if cache_key is not None:
-            cached[cache_key] = compiled
-    try:
-        return compiled(rng_key, arrays)
-    except NeedsConcreteSetup:
-        guide.weight_sites, guide._other_sites = None, None
-    # Only the guide's setup runs outside; the rest of init still compiles and is kept for later fits
-    # (1.4 s -> 0.003 s in a later fit of the same svi on the diabetes demo).
-    setup_key, batch = jit_setup(functools.partial(_setup_inputs, batch_size=batch_size))(rng_key, data)
-    with handlers.block():
-        guide._setup(setup_key, *batch, **kwargs)
-    return compiled(rng_key, arrays)
-
-
-def _setup_inputs(rng_key: jax.Array, data: tuple, batch_size: int) -> tuple[jax.Array, tuple]:
-    """The guide's setup key in ``svi.init`` (and the first minibatch), computed in one program.
-
-    SVI.init seeds the guide with ``split(init_key, 3)[2]``; the guide's first draw,
-    its setup key, is that seed's first split: ``split(seed)[1]``, as in ``handlers.seed``.
-    """
-    init_key, batch = _first_batch(rng_key, data, batch_size)
-    return jax.random.split(jax.random.split(init_key, 3)[2])[1], batch
+    def fit(
+        self,
+        rng_key: jax.Array,
+        num_epochs: int,
+        *data: jax.Array,
+        progress_bar: bool = True,
+        init_state: SVIState | None = None,
+        init_params: dict[str, jax.Array] | None = None,
+        **kwargs: Any,
+    ) -> SVIRunResult:
+        """Train for ``num_epochs`` epochs; the arguments and the result are those of :func:`npvi.fit`."""
+        num_epochs = _check_positive_int("fit", "num_epochs", num_epochs)
+        data, arrays, static = self._prepare(data, kwargs)
+        state = self._run_init(rng_key, data, init_params, arrays, static) if init_state is None else init_state
+        losses = []
+        warned = False
+        epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
+        for epoch in epochs:
+            state, epoch_losses, mean_loss = self._epoch(state, rng_key, epoch, data, arrays, static=static)
+            losses.append(epoch_losses)
+            mean_loss = float(mean_loss)
+            epochs.set_postfix_str(f"ELBO {-mean_loss:.4g}", refresh=False)
+            if not math.isfinite(mean_loss) and not warned:
+                warnings.warn(f"fit: the mean loss of epoch {epoch} is {mean_loss}", RuntimeWarning, stacklevel=2)
+                warned = True
+        losses = jnp.asarray(np.concatenate([np.asarray(epoch_losses) for epoch_losses in losses]))
+        return SVIRunResult(self.svi.get_params(state), state, losses)
 
 
 def fit(
@@ -217,30 +248,35 @@ def fit(
     shuffle: bool = True,
     progress_bar: bool = True,
     stable_update: bool = False,
-    init_state: Any = None,
+    init_state: SVIState | None = None,
     init_params: dict[str, jax.Array] | None = None,
     **kwargs: Any,
 ) -> SVIRunResult:
     r"""Train ``svi`` for ``num_epochs`` passes over minibatches of ``data``.
 
-    Like :meth:`numpyro.infer.SVI.run`, but in epochs of minibatches:
+    Like :meth:`numpyro.infer.SVI.run`, but in epochs of minibatches (``num_epochs``
+    counts passes over the data, not steps):
 
     * every epoch draws a permutation of the ``N`` examples from ``rng_key``
       (``shuffle=False`` keeps their order) and cuts it into
       ``N // batch_size`` minibatches; the last ``N % batch_size`` examples of
       the permutation are left out of that epoch, so every step has the same
       shape and compiles once;
-    * one epoch is one jitted :func:`jax.lax.scan` of ``svi.update``;
+    * one epoch is one jitted :func:`jax.lax.scan` of ``svi.update``, and with a
+      :class:`~npvi.MeanFieldGuide` ``svi.init`` (on the first minibatch, key
+      ``split(rng_key)[0]``) is one compiled program too;
     * the model (and guide) are called as
       ``model(*minibatch, num_data=N, **kwargs)``, where ``minibatch`` is the
       same rows of every array in ``data``;
-    * with a :class:`~npvi.MeanFieldGuide`, ``svi.init`` runs as one compiled
-      program too, and the compiled init and epoch are kept for later fits of
-      the same ``svi`` with same-shaped data;
     * a progress bar (``progress_bar=False`` switches it off) shows the mean
       ELBO estimate of the last epoch; a non-finite epoch loss gives a
       :class:`RuntimeWarning` once, and training goes on as
       :meth:`~numpyro.infer.SVI.run` does.
+
+    ``fit(svi, ...)`` is ``npvi.Trainer(svi, batch_size=..., shuffle=...,
+    stable_update=...).fit(...)``: it compiles its programs for this call. To train
+    the same ``svi`` again without compiling (another run, more epochs from
+    ``init_state``), keep a :class:`Trainer` and call its :meth:`~Trainer.fit`.
 
     Returns :class:`numpyro.infer.svi.SVIRunResult` with the final ``params``
     and ``state`` and the ``losses`` of every step, shape
@@ -260,35 +296,7 @@ def fit(
     >>> result.losses.shape
     (15,)
     """
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int | np.integer) or num_epochs < 1:
-        raise ValueError(f"fit: num_epochs must be a positive int, got {num_epochs!r}")
-    num_data = _check_data(data, batch_size)
-    if NUM_DATA in kwargs:
-        raise TypeError(f"fit passes {NUM_DATA}= itself (the length of the data, {num_data}); do not pass it")
-    if not _accepts_num_data(svi.model):
-        raise TypeError(
-            f"fit calls the model as model(*minibatch, {NUM_DATA}=N), but the model does not take a "
-            f"{NUM_DATA!r} keyword; add `{NUM_DATA}=None` to its signature and use "
-            f"numpyro.plate('data', {NUM_DATA}, subsample_size=x.shape[0]) around the likelihood"
-        )
-    data = tuple(jnp.asarray(array) for array in data)
-    kwargs[NUM_DATA] = num_data
-    # init uses split(rng_key)[0] and the epochs split(rng_key)[1], both inside their compiled programs.
-    state = _init(svi, rng_key, data, batch_size, init_params, kwargs) if init_state is None else init_state
-
-    run_epoch = _compiled_epoch(svi, num_data, batch_size, shuffle, stable_update, kwargs)
-    run_epoch = _for_short_run(svi, run_epoch, (state, rng_key, 1, data), num_epochs * (num_data // batch_size))
-    losses = []
-    warned = False
-    epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
-    for epoch in epochs:
-        state, epoch_losses, mean_loss = run_epoch(state, rng_key, epoch, data)
-        losses.append(epoch_losses)
-        mean_loss = float(mean_loss)
-        epochs.set_postfix_str(f"ELBO {-mean_loss:.4g}", refresh=False)
-        if not math.isfinite(mean_loss) and not warned:
-            warnings.warn(f"fit: the mean loss of epoch {epoch} is {mean_loss}", RuntimeWarning, stacklevel=2)
-            warned = True
-    # Joined on the host: an eager concatenate would compile.
-    losses = jnp.asarray(np.concatenate([np.asarray(epoch_losses) for epoch_losses in losses]))
-    return SVIRunResult(svi.get_params(state), state, losses)
+    trainer = Trainer(svi, batch_size=batch_size, shuffle=shuffle, stable_update=stable_update)
+    return trainer.fit(
+        rng_key, num_epochs, *data, progress_bar=progress_bar, init_state=init_state, init_params=init_params, **kwargs
+    )

@@ -1,6 +1,8 @@
-"""Shared helpers: run a guide and a model the way an SVI step does."""
+"""Shared helpers: run a guide and a model the way an SVI step does; count XLA compiles."""
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +85,19 @@ def fixed_params(in_features=4, units=3, loc_scale=0.5, untransformed_scale=-1.0
         "l1.kernel.untransformed_scale": jnp.full((in_features, units), untransformed_scale),
         "l1.bias": 0.1 * jax.random.normal(k2, (units,)),
     }
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Yield a list that collects one entry per XLA compile (``jax.monitoring``) inside the block."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,4 +1,5 @@
-"""npvi.Predictive: shapes, chunk-size invariance, bounded memory, the predictive moments, bad input."""
+"""npvi.Predictive: shapes, same draws whatever the chunks and calls, one compile per input shapes,
+bounded memory, the predictive moments, bad input."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from conftest import fixed_params, one_layer_model
+from conftest import count_compiles, fixed_params, one_layer_model
 
 import npvi
-from npvi.predictive import build_prototype, chunked_program
+from npvi.predictive import chunked_draws
 
 X = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
 
@@ -49,6 +50,25 @@ def test_chunk_size_changes_memory_not_numbers(fitted):
     assert not np.allclose(draws[0], other)
 
 
+def test_a_predictive_compiles_once_per_input_shapes_and_draws_the_same_each_call(fitted):
+    model, guide, params = fitted
+    predictive = npvi.Predictive(model, guide, params, 20, chunk_size=8)
+    key, other_key, other_x = jax.random.PRNGKey(5), jax.random.PRNGKey(6), X + 1.0
+    with count_compiles() as first:
+        draws = predictive(key, X)["out"]
+    with count_compiles() as again:
+        repeats = [predictive(key, X)["out"] for _ in range(2)]
+        other = predictive(other_key, other_x)["out"]  # another key and other values, the same shapes
+    assert len(first) >= 1 and again == []
+    for repeat in repeats:
+        np.testing.assert_array_equal(repeat, draws)
+    assert not np.allclose(other, draws)
+    with count_compiles() as new_shape:
+        assert predictive(key, X[:3])["out"].shape == (20, 3, 3)
+    assert len(new_shape) >= 1
+    np.testing.assert_array_equal(predictive(key, X)["out"], draws)  # the first program is still there
+
+
 def test_predictive_moments_match_the_posterior(fitted):
     """Mean x@mu+b and variance (x*x)@sigma^2 per output; 4000 draws, 5 standard errors."""
     model, guide, params = fitted
@@ -66,14 +86,13 @@ def test_peak_memory_does_not_grow_with_the_number_of_draws():
     """A draw that builds a 250k-float weight: the compiled program's scratch memory is per chunk."""
     weights = jnp.ones((500, 500))
 
-    def draw(key, inputs):
-        (w,) = inputs
-        sample = w + jax.random.normal(key, w.shape)
-        return {"out": sample.sum(0)}
-
     def temp_bytes(num_chunks, chunk=10):
-        run, arrays = chunked_program(draw, (weights,), num_chunks * chunk, chunk)
-        return run.lower(jax.random.PRNGKey(0), arrays).compile().memory_analysis().temp_size_in_bytes
+        def run(key, w):
+            return chunked_draws(lambda k: {"out": (w + jax.random.normal(k, w.shape)).sum(0)}, key,
+                                 num_chunks * chunk, chunk)  # fmt: skip
+
+        compiled = jax.jit(run).lower(jax.random.PRNGKey(0), weights).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
 
     small, large = temp_bytes(5), temp_bytes(100)  # 50 and 1000 draws
     assert large <= small * 1.05 + 4 * 1000 * 500  # at most the extra outputs
@@ -109,8 +128,8 @@ def test_other_latents_come_from_the_guide():
         "l1.kernel.loc": jnp.zeros((4, 1)),
         "l1.kernel.untransformed_scale": jnp.full((4, 1), -10.0),
         "l1.bias": jnp.zeros(1),
-        "sigma_auto_loc": jnp.log(jnp.array(0.5)),
-        "sigma_auto_scale": jnp.array(1e-4),
+        "sigma.loc": jnp.log(jnp.array(0.5)),
+        "sigma.untransformed_scale": jnp.log(jnp.array(1e-4)),  # softplus(u) is about exp(u) for u << 0
     }
     # As with NumPyro's autoguides, the guide learns which sites are observed on its first call (SVI's init).
     numpyro.handlers.seed(numpyro.handlers.substitute(guide, data=params), 0)(X, jnp.zeros(6))
@@ -120,20 +139,17 @@ def test_other_latents_come_from_the_guide():
     assert abs(float(draws["y"].std()) - 0.5) < 5 * 0.5 / np.sqrt(2 * draws["y"].size)
 
 
-def test_prototype_is_abstract_once_the_guide_has_run(fitted):
-    """A trained guide's prototype is traced, not run: no eager op-by-op compiles in a fresh process."""
-    model, guide, params = fitted
-    y = jnp.arange(6.0)[:, None] * jnp.ones((6, 3))
-    guide_trace, model_trace = build_prototype(model, guide, params, jax.random.PRNGKey(2), X, y)
-    assert isinstance(model_trace["l1.kernel"]["value"], jax.core.Tracer)
-    assert model_trace["l1.kernel"]["value"].shape == (4, 3)
-    assert model_trace["y"]["is_observed"] and not isinstance(model_trace["y"]["value"], jax.core.Tracer)
-    np.testing.assert_array_equal(model_trace["y"]["value"], y)
+def test_a_guide_first_called_without_the_observations_is_a_clear_error():
+    """A fresh guide learns which sites are observed on its first call; without y, y would look latent."""
 
+    def model(x, y=None):
+        mu = npvi.DenseFlipout(3, name="l1")(x)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
-def test_prototype_of_a_fresh_guide_runs_eagerly_and_sets_it_up():
-    model = one_layer_model(npvi.DenseFlipout)
+    with pytest.raises(ValueError, match=r"\['y.loc', 'y.untransformed_scale'\] are not in params.*first call"):
+        npvi.Predictive(model, npvi.MeanFieldGuide(model), fixed_params(), 3)(jax.random.PRNGKey(0), X)
     guide = npvi.MeanFieldGuide(model)
-    _, model_trace = build_prototype(model, guide, fixed_params(), jax.random.PRNGKey(2), X, jnp.zeros((6, 3)))
-    assert not isinstance(model_trace["l1.kernel"]["value"], jax.core.Tracer)
-    assert guide.weight_sites is not None and "l1.kernel" in guide.weight_sites
+    numpyro.handlers.seed(guide, 0)(X, jnp.zeros((6, 3)))  # as svi.init does: y is observed
+    draws = npvi.Predictive(model, guide, fixed_params(), 3)(jax.random.PRNGKey(0), X)
+    assert draws["y"].shape == (3, 6, 3)
