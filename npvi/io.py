@@ -1,4 +1,4 @@
-"""Save and load layer configs together with trained parameters, in one ``.npz`` file.
+r"""Save and load layer configs together with trained parameters, in one ``.npz`` file.
 
 :func:`save` writes a NumPy ``.npz`` archive holding
 
@@ -9,6 +9,13 @@
 * ``"param_0"``, ``"param_1"``, ...: the parameter arrays, bit for bit (dtypes NumPy
   cannot store, such as ``bfloat16``, are stored as unsigned integers of the same
   width and viewed back on load).
+
+Version 2 names every parameter ``"<site>.<part>"``. Version 1 files, written while
+:class:`~npvi.MeanFieldGuide` handed its non-layer latents to NumPyro's ``AutoNormal``,
+name those ``"<site>_auto_loc"`` and ``"<site>_auto_scale"`` (the scale itself);
+:func:`load` renames them to ``"<site>.loc"`` and ``"<site>.untransformed_scale"``
+(:math:`u` with :math:`\operatorname{softplus}(u) + \varepsilon` = the saved scale), so the
+loaded posterior is the saved one.
 
 The file is written atomically: to a temporary file in the same directory, flushed
 and ``fsync``-ed, then moved over ``path`` with ``os.replace``. A crash mid-save
@@ -41,7 +48,8 @@ from npvi.serialization import deserialize_layer, serialize_layer
 
 FORMAT = "npvi"
 #: The version :func:`save` writes; :func:`load` reads versions 1 to this one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_AUTO_LOC, _AUTO_SCALE = "_auto_loc", "_auto_scale"  # version 1's names of AutoNormal's parameters
 _HEADER = "npvi_header"
 
 
@@ -192,4 +200,23 @@ def load(path: str | os.PathLike) -> Checkpoint:
             keep_numpy = jax.dtypes.canonicalize_dtype(dtype) != dtype
             params[entry["name"]] = np.array(array) if keep_numpy else jnp.asarray(array)
     layers = [deserialize_layer(entry) for entry in header["layers"]]
+    if version == 1:
+        params = _renamed_from_version_1(params)
     return Checkpoint(layers, params)
+
+
+def _renamed_from_version_1(params: dict[str, Any]) -> dict[str, Any]:
+    """Version 1's AutoNormal names ``"<site>_auto_loc"``, ``"<site>_auto_scale"``, renamed as version 2 names them."""
+    renamed = {}
+    for name, value in params.items():
+        if name.endswith(_AUTO_LOC):
+            renamed[name[: -len(_AUTO_LOC)] + ".loc"] = value
+        elif name.endswith(_AUTO_SCALE):
+            scale = np.asarray(value, dtype=np.float64) - np.finfo(np.asarray(value).dtype).eps
+            untransformed = np.log(np.expm1(np.maximum(scale, np.finfo(np.float64).tiny)))
+            renamed[name[: -len(_AUTO_SCALE)] + ".untransformed_scale"] = jnp.asarray(
+                untransformed.astype(np.asarray(value).dtype)
+            )
+        else:
+            renamed[name] = value
+    return renamed

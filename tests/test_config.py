@@ -295,6 +295,35 @@ def test_version_and_format_checks(tmp_path, monkeypatch):
         npvi.load(other)
 
 
+def test_a_version_1_file_loads_with_the_guides_new_names(tmp_path, monkeypatch):
+    """Version 1 stored AutoNormal's names and its scale; the loaded params give the same posterior."""
+    def model(x, y=None):
+        mu = npvi.DenseFlipout(1, name="l1")(x)[..., 0]
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+    layer = npvi.DenseFlipout(1, name="l1")
+    old = {"l1.kernel.loc": jnp.ones((2, 1)), "l1.kernel.untransformed_scale": jnp.full((2, 1), -3.0),
+           "l1.bias": jnp.zeros(1), "sigma_auto_loc": jnp.array(-0.5), "sigma_auto_scale": jnp.array(0.2)}  # fmt: skip
+    path = tmp_path / "v1.npz"
+    monkeypatch.setattr(npvi.io, "FORMAT_VERSION", 1)
+    npvi.save(path, [layer], old)
+    monkeypatch.undo()
+    layers, params = npvi.load(path)
+    assert sorted(params) == ["l1.bias", "l1.kernel.loc", "l1.kernel.untransformed_scale", "sigma.loc",
+                              "sigma.untransformed_scale"]  # fmt: skip
+    np.testing.assert_array_equal(params["sigma.loc"], -0.5)
+    np.testing.assert_allclose(npvi.posteriors.softplus_scale(params["sigma.untransformed_scale"]), 0.2, rtol=1e-6)
+    x = jnp.ones((3, 2))
+    guide = npvi.MeanFieldGuide(model)
+    numpyro.handlers.seed(guide, 0)(x, jnp.zeros(3))
+    draws = npvi.Predictive(model, guide, params, 4000, return_sites=["sigma"])(jax.random.PRNGKey(0), x)["sigma"]
+    # log sigma ~ N(-0.5, 0.2^2): 4000 draws, standard errors 0.2 / sqrt(4000) and 0.2 / sqrt(2 * 4000)
+    assert abs(float(jnp.log(draws).mean()) + 0.5) < 5 * 0.2 / np.sqrt(4000)
+    assert abs(float(jnp.log(draws).std()) - 0.2) < 5 * 0.2 / np.sqrt(8000)
+
+
 def test_registries_extend_configs(monkeypatch):
     monkeypatch.setattr(serialization, "_DISTRIBUTIONS", dict(serialization._DISTRIBUTIONS))
     monkeypatch.setattr(serialization, "_ACTIVATIONS", dict(serialization._ACTIVATIONS))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -23,7 +26,7 @@ def _row(out: str, label: str) -> list[float]:
 
 def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
     out_dir = tmp_path / "run"
-    argv = ["demo", "--epochs", "8", "--num-samples", "50", "--out", str(out_dir), "--estimator", "lrt"]
+    argv = ["demo", "--epochs", "8", "--num-samples", "50", "--out", str(out_dir), "--estimator", "lrt", "--no-cache"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "ELBO" in captured.err  # the progress bar
@@ -49,7 +52,7 @@ def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
 
 
 def test_diabetes_demo_beats_the_baseline(capsys, tmp_path):
-    argv = ["demo", "--dataset", "diabetes", "--epochs", "30", "--seed", "1", "--num-samples", "100"]
+    argv = ["demo", "--dataset", "diabetes", "--epochs", "30", "--seed", "1", "--num-samples", "100", "--no-cache"]
     assert main(argv + ["--out", str(tmp_path), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -85,9 +88,31 @@ def test_bad_options_exit_nonzero_with_a_message(capsys, argv, message):
 def test_an_unwritable_out_directory_fails_cleanly(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    argv = ["demo", "--dataset", "diabetes", "--epochs", "1", "--num-samples", "5", "--no-progress"]
+    argv = ["demo", "--dataset", "diabetes", "--epochs", "1", "--num-samples", "5", "--no-progress", "--no-cache"]
     assert main(argv + ["--out", str(blocker / "sub")]) == 1
     assert "npvi demo: cannot write the results" in capsys.readouterr().err
+
+
+def test_the_compilation_cache_is_on_by_default_and_changes_no_number(tmp_path):
+    """Fresh processes, as a user runs the demo: the cache fills, and cached programs give the same numbers."""
+    argv = [sys.executable, "-m", "npvi.cli", "demo", "--dataset", "diabetes", "--epochs", "2", "--num-samples", "20",
+            "--no-progress"]  # fmt: skip
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NPVI_CACHE_DIR": str(cache)}
+
+    def run(name, *extra):
+        subprocess.run(argv + ["--out", str(tmp_path / name), *extra], env=env, check=True, capture_output=True)
+        return json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+
+    cold = run("cold")
+    entries = len(list(cache.iterdir()))
+    assert entries > 0
+    warm = run("warm")
+    assert len(list(cache.iterdir())) == entries  # every program came from the cache
+    assert warm == cold
+    env["NPVI_CACHE_DIR"] = str(tmp_path / "unused")
+    assert run("off", "--no-cache") == cold
+    assert not (tmp_path / "unused").exists()
 
 
 def test_regression_metrics_match_a_direct_computation():
