@@ -2,8 +2,11 @@ r"""Issue 4's quality target: npvi against TFP's own layers, trained side by sid
 
     On the digits and diabetes tasks, npvi must at least match TFP's own layers,
     trained side by side with the same architecture, optimiser, epochs and batch
-    size, on held-out NLL, accuracy or RMSE, and calibration (ECE). Its wall time,
-    including compilation, must be no slower than TFP's.
+    size, on held-out NLL, accuracy or RMSE, and calibration (ECE).
+
+(Issue 4 also asked for npvi's wall time, compilation included, to be no slower than TFP's; issue 13
+withdrew that target. The script still records both sides' wall time, cold and, with
+``--jax-cache``, with a warm compilation cache, and their ratio.)
 
 For every dataset (``digits``, ``diabetes``), estimator (``flipout``, ``lrt``,
 ``reparam``) and seed (default 0, 1, 2) this script trains
@@ -40,7 +43,7 @@ batch per epoch: 23 instead of 22 steps on digits, 12 instead of 11 on diabetes)
 Differences that remain
 -----------------------
 * **Noise scale (diabetes).** npvi's model has ``sigma ~ HalfNormal(1)``, a latent
-  with an AutoNormal (log-normal) posterior, started at the prior median 0.674 and
+  with MeanFieldGuide's log-normal posterior, started near the prior median 0.674 and
   integrated over in the predictive. TFP's layers have no such site, so the TFP
   model has a trainable *point estimate* ``sigma = softplus(rho)``, started at the
   same 0.674, fitted by MAP: the Gaussian NLL per example plus ``-log
@@ -65,7 +68,10 @@ Wall time, compilation included
 -------------------------------
 Every run is a fresh Python process (``--worker``), so each side pays its own
 tracing and compilation as a user's script would, and nothing is cached across
-runs. Before the clock starts a worker imports its libraries and touches the
+runs; with ``--jax-cache DIR`` the npvi side reads its compiled programs from JAX's
+persistent compilation cache instead (as ``npvi demo`` does from its second run), after
+one untimed run per task and estimator has filled it. TensorFlow builds its graphs
+anew in every process either way. Before the clock starts a worker imports its libraries and touches the
 backends (a tiny JAX and, on the TFP side, TF op), as a script would have done by
 the time it builds a model. The clock then covers loading the split, building the
 model, training, the predictive draws and the metrics, on both sides the same
@@ -102,7 +108,7 @@ Usage: ``python bench/compare_tfp_quality.py`` (all datasets, estimators, 3 seed
 ``--quick`` is a smoke run (1 seed, few epochs, Flipout only, both datasets: about
 2 minutes on an idle 2-core machine, most of it the two sides' start-up and
 compilation, which do not shrink with the epochs); ``--seeds N``,
-``--datasets``, ``--estimators``, ``--epochs``, ``--out``. It needs the ``bench``
+``--datasets``, ``--estimators``, ``--epochs``, ``--jax-cache DIR``, ``--out``. It needs the ``bench``
 extra (tensorflow-cpu, tensorflow-probability, tf-keras). Results: a markdown
 table on standard output, every run's numbers in ``bench/results/quality.json``
 (``quality-quick.json`` with ``--quick``).
@@ -188,8 +194,18 @@ def _with_calibration(regression_metrics: Callable[..., dict[str, float]]) -> Ca
 # --------------------------------------------------------------------------- workers (one fresh process per run)
 
 
-def run_npvi(dataset: str, estimator: str, seed: int, epochs: int, num_samples: int) -> dict[str, Any]:
-    """One ``npvi demo`` run, as the demo does it; wall time is ``DemoResult.seconds``."""
+def run_npvi(
+    dataset: str, estimator: str, seed: int, epochs: int, num_samples: int, jax_cache: str | None = None
+) -> dict[str, Any]:
+    """One ``npvi demo`` run, as the demo does it; wall time is ``DemoResult.seconds``.
+
+    With ``jax_cache``, JAX's persistent compilation cache is on in that directory, as
+    ``npvi demo`` turns it on in the user's cache directory.
+    """
+    if jax_cache is not None:
+        from npvi.cli import enable_compilation_cache
+
+        enable_compilation_cache(Path(jax_cache))
     import jax.numpy as jnp
 
     from npvi import demo
@@ -502,6 +518,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="JSON of every run (default bench/results/quality.json, or quality-quick.json)",
     )
+    parser.add_argument(
+        "--jax-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="npvi side: JAX's persistent compilation cache in DIR, warmed by one untimed run per task "
+        "and estimator before the timed runs (default: off, every npvi run compiles cold)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
@@ -533,7 +557,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Adam {c.learning_rate:g}, {epochs} epochs, {samples} predictive draws"
         )
     batching = "model.fit(x, y, batch_size, shuffle=True)" if args.keras_arrays else "N // B shuffled full batches"
-    print(f"- seeds {seeds}; estimators {estimators}; TFP batching: {batching}; each run a fresh process\n")
+    cache = f"warm JAX compilation cache in {args.jax_cache}" if args.jax_cache else "no compilation cache (cold)"
+    print(f"- seeds {seeds}; estimators {estimators}; TFP batching: {batching}; each run a fresh process")
+    print(f"- npvi: {cache}\n")
+    jax_cache = None if args.jax_cache is None else str(args.jax_cache.resolve())
+    if jax_cache is not None:  # one untimed run per program set fills the cache
+        for dataset in args.datasets:
+            for estimator in estimators:
+                _spawn({"side": "npvi", "dataset": dataset, "estimator": estimator, "seed": 0,
+                        "epochs": settings[dataset]["epochs"], "num_samples": settings[dataset]["num_samples"],
+                        "jax_cache": jax_cache})  # fmt: skip
 
     runs: list[dict[str, Any]] = []
     index = 0
@@ -554,6 +587,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     }
                     if side == "tfp":
                         spec["keras_arrays"] = args.keras_arrays
+                    elif jax_cache is not None:
+                        spec["jax_cache"] = jax_cache
                     result = _spawn(dict(spec))
                     runs.append({**spec, **result})
                     m = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
@@ -574,6 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "quick": args.quick,
         "keras_arrays": args.keras_arrays,
+        "jax_cache": jax_cache,
         "seeds": seeds,
         "settings": settings,
         "matches_rule": "npvi mean no worse than TFP mean by more than sqrt((sd_npvi^2 + sd_tfp^2) / 2) "

@@ -35,7 +35,7 @@ from npvi.handlers import DENSE_MESSAGE
 from npvi.layers import POSTERIOR_KEY
 from npvi.posteriors import Posterior, inverse_softplus_scale, softplus_scale
 from npvi.tracing import eval_static
-from npvi.validation import check_finite
+from npvi.validation import check_finite, is_concrete
 
 Trace = dict[str, dict[str, Any]]
 
@@ -81,7 +81,7 @@ class Sites:
 
 
 def _has_traced_values(support: constraints.Constraint) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(support))
+    return not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(support))
 
 
 def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Latent:
