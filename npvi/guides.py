@@ -110,7 +110,7 @@ def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Lat
     )
 
 
-def read_sites(trace: Trace) -> Sites:
+def _sites_from_trace(trace: Trace) -> Sites:
     """The layer weights and other latent sites of a model trace; checks observed data for NaN where concrete."""
     full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
     weights = []
@@ -224,7 +224,7 @@ class MeanFieldGuide:
         def read() -> Sites:
             with handlers.block():
                 trace = handlers.trace(handlers.seed(self.model, rng_seed=0)).get_trace(*args, **kwargs)
-            return read_sites(trace)
+            return _sites_from_trace(trace)
 
         return eval_static(read)
 
