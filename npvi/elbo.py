@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import random
 from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO as _NumPyroELBO
@@ -14,6 +16,31 @@ from numpyro.util import check_model_guide_match
 
 from npvi.handlers import DENSE_MESSAGE
 from npvi.kl import kl_term
+from npvi.validation import is_concrete
+
+
+def check_kl_weight(kl_weight: Any) -> float | jax.Array:
+    """``kl_weight`` if it is a finite, non-negative number or array (a traced array is taken as it is).
+
+    >>> check_kl_weight(0.5)
+    0.5
+    >>> check_kl_weight("0.5")
+    Traceback (most recent call last):
+    ...
+    TypeError: npvi.ELBO: kl_weight must be a finite non-negative number or a JAX array, got str '0.5'
+    """
+    if isinstance(kl_weight, bool) or not isinstance(kl_weight, int | float | np.number | np.ndarray | jax.Array):
+        raise TypeError(
+            "npvi.ELBO: kl_weight must be a finite non-negative number or a JAX array, "
+            f"got {type(kl_weight).__name__} {kl_weight!r}"
+        )
+    if is_concrete(kl_weight):
+        value = np.asarray(kl_weight)
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"npvi.ELBO: kl_weight must be a real number or array, got dtype {value.dtype}")
+        if not (np.all(np.isfinite(value)) and np.all(value >= 0)):
+            raise ValueError(f"npvi.ELBO: kl_weight must be finite and non-negative, got {value.tolist()!r}")
+    return kl_weight
 
 
 def _layer_weights(model_trace: dict) -> dict[str, tuple[str, str, Any]]:
@@ -67,7 +94,13 @@ class ELBO(_NumPyroELBO):
         kl_weight: float | jax.Array = 1.0,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
-        self.kl_weight = kl_weight
+        self.kl_weight = check_kl_weight(kl_weight)
+
+    def with_kl_weight(self, kl_weight: float | jax.Array) -> ELBO:
+        """A copy of this ELBO with another ``kl_weight`` (a traced array too, for a schedule in a jitted step)."""
+        annealed = copy.copy(self)
+        annealed.kl_weight = check_kl_weight(kl_weight)
+        return annealed
 
     def loss_with_mutable_state(
         self,

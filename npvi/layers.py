@@ -154,7 +154,7 @@ class DenseVariational:
         self,
         units: int,
         *,
-        activation: Callable[[jax.Array], jax.Array] | None = None,
+        activation: str | Callable[[jax.Array], jax.Array] | None = None,
         name: str | None = None,
         kernel_prior: Prior | None = None,
         bias_prior: Prior | None = None,
@@ -174,6 +174,8 @@ class DenseVariational:
             )
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"layer {name!r}: units must be a positive int, got {units!r}")
+        if isinstance(activation, str):  # a jax.nn name, as Keras and TFP take it
+            activation = activation_from_name(activation, f"layer {name!r}: activation")
         for what, fn in (
             ("activation", activation),
             ("kernel_posterior_tensor_fn", kernel_posterior_tensor_fn),
