@@ -38,7 +38,8 @@ def plot_elbo(
 
     ``smooth`` steps of moving average (default: about 1% of the steps) tame
     the minibatch noise; the raw curve is drawn faintly behind it. The y axis
-    leaves out the first 5% of the steps when they are far below the rest.
+    fits the steps after the first 5%; when earlier steps fall below it, a note in
+    the corner says how many.
     """
     elbo = -np.asarray(losses, dtype=np.float64).reshape(-1)
     if elbo.size == 0:
@@ -52,26 +53,39 @@ def plot_elbo(
         ax.plot(steps[window - 1 :], smoothed, color=raw.get_color(), label=label)
     elif label is not None:
         raw.set_label(label)
-    # The first steps are often orders of magnitude worse; keep the rest readable.
+    # The first steps are often orders of magnitude worse; keep the rest readable, and say so.
     settled = elbo[elbo.size // 20 :]
     low, high = np.percentile(settled, 1), settled.max()
     if high > low:
-        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+        bottom = low - 0.05 * (high - low)
+        ax.set_ylim(bottom, high + 0.05 * (high - low))
+        below = elbo < bottom
+        if below.any():
+            count = int(below.sum())
+            which = f"the first {count}" if below[:count].all() else f"{count}"
+            ax.text(
+                0.99, 0.02, f"{which} of {elbo.size} steps lie below the axis",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize="small", color="0.4",
+            )  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("ELBO")
     return ax
 
 
-def plot_reliability(diagram: ReliabilityDiagram, *, ax: Axes | None = None, label: str | None = None) -> Axes:
+def plot_reliability(
+    diagram: ReliabilityDiagram, *, ax: Axes | None = None, label: str | None = None, counts: bool = True
+) -> Axes:
     """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration.
 
     ``diagram`` is the result of :func:`npvi.reliability_diagram`; bars show
-    each non-empty bin's accuracy, dots its mean confidence.
+    each non-empty bin's accuracy, dots its mean confidence. ``counts`` adds, as
+    usual, a histogram of the predictions per bin under the diagram, so a bin of
+    three predictions is not read like one of three hundred. Returns the diagram's axes.
     """
     ax = _axes(ax)
     edges = np.asarray(diagram.bin_edges)
-    counts = np.asarray(diagram.counts)
-    filled = counts > 0
+    bin_counts = np.asarray(diagram.counts)
+    filled = bin_counts > 0
     left, width = edges[:-1][filled], np.diff(edges)[filled]
     ax.bar(left, np.asarray(diagram.accuracy)[filled], width=width, align="edge", alpha=0.6, edgecolor="k", label=label)
     centres = left + width / 2
@@ -79,9 +93,18 @@ def plot_reliability(diagram: ReliabilityDiagram, *, ax: Axes | None = None, lab
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize="small")
+    if not counts:
+        ax.set_xlabel("confidence")
+        return ax
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    below = make_axes_locatable(ax).append_axes("bottom", size="25%", pad=0.1, sharex=ax)
+    below.bar(edges[:-1], bin_counts, width=np.diff(edges), align="edge", color="0.6", edgecolor="k", lw=0.5)
+    below.set_ylabel("count", fontsize="small")
+    below.set_xlabel("confidence")
+    ax.tick_params(labelbottom=False)
     return ax
 
 

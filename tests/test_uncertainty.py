@@ -115,11 +115,20 @@ def test_plots_draw_what_they_are_given():
     ax = npvi.plots.plot_elbo(-jnp.linspace(10.0, 1.0, 300), label="run")
     assert ax.get_ylabel() == "ELBO" and len(ax.lines) == 2  # raw and smoothed
     np.testing.assert_allclose(ax.lines[0].get_ydata(), jnp.linspace(10.0, 1.0, 300), rtol=1e-6)
+    assert len(ax.texts) == 0  # every step is on the axis
+    early = jnp.concatenate([jnp.full(10, 1e4), jnp.linspace(10.0, 1.0, 290)])  # ten steps far below the rest
+    ax = npvi.plots.plot_elbo(early)
+    assert [t.get_text() for t in ax.texts] == ["the first 10 of 300 steps lie below the axis"]
+    ax = npvi.plots.plot_elbo(early.at[200].set(1e4))
+    assert [t.get_text() for t in ax.texts] == ["11 of 300 steps lie below the axis"]
 
     d = npvi.reliability_diagram(jnp.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3]]), jnp.array([0, 1, 0]), 10)
     ax = npvi.plots.plot_reliability(d)
     assert len(ax.patches) == 3  # one bar per non-empty bin
     assert sorted(round(p.get_height(), 6) for p in ax.patches) == [0.0, 1.0, 1.0]
+    (below,) = [a for a in ax.figure.axes if a is not ax]  # the per-bin counts under the diagram
+    assert [p.get_height() for p in below.patches] == d.counts.tolist() and below.get_ylabel() == "count"
+    assert len(npvi.plots.plot_reliability(d, counts=False).figure.axes) == 1
 
     x = jnp.linspace(-1, 1, 20)
     draws = x + jnp.linspace(-1, 1, 101)[:, None]  # quantiles known: x +- 0.9
