@@ -129,13 +129,12 @@ def make_model(n_hidden: int, estimator: str):
     import numpyro
     import numpyro.distributions as dist
 
-    import npvi
     from npvi.demo import ESTIMATORS
 
     layer = ESTIMATORS[estimator]
 
     def model(x, y=None, num_data=None):
-        h = layer(n_hidden, activation=npvi.serialization.activation_from_name("relu"), name="hidden")(x)
+        h = layer(n_hidden, activation="relu", name="hidden")(x)
         mu = layer(1, name="output")(h)[..., 0]
         numpyro.deterministic("mu", mu)
         sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
@@ -170,7 +169,9 @@ def run_split(data: Dataset, split: int, recipe: Recipe, seed: int) -> dict[str,
     # the initialisation too (on energy about half of all initial points end in a worse optimum).
     fit_key, predict_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), split))
     epochs = recipe.epochs(len(train))
-    result = npvi.fit(svi, fit_key, epochs, x_train, y_train, batch_size=recipe.batch_size, progress_bar=False)
+    result = npvi.fit(
+        svi, fit_key, x_train, y_train, num_epochs=epochs, batch_size=recipe.batch_size, progress_bar=False
+    )
     draws = npvi.Predictive(model, guide, result.params, recipe.num_samples, return_sites=["mu", "sigma"])(
         predict_key, x_test
     )

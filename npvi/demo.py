@@ -181,7 +181,7 @@ def make_model(dataset: str = "digits", estimator: str = "flipout", num_classes:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {sorted(ESTIMATORS)}")
     config = CONFIGS[dataset]
     layer = ESTIMATORS[estimator]
-    activation = getattr(jax.nn, config.activation)
+    activation = config.activation  # a jax.nn name, as Keras takes it
 
     def classifier(x: jax.Array, y: jax.Array | None = None, num_data: int | None = None) -> None:
         h = layer(config.hidden, activation=activation, name="hidden")(x)
@@ -332,8 +332,9 @@ def run_demo(
     svi = SVI(model, guide, optax.adam(config.learning_rate), npvi.ELBO())
     fit_key, predict_key, idata_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     result = npvi.fit(
-        svi, fit_key, epochs, data.x_train, data.y_train, batch_size=config.batch_size, progress_bar=progress_bar
-    )
+        svi, fit_key, data.x_train, data.y_train,
+        num_epochs=epochs, batch_size=config.batch_size, progress_bar=progress_bar,
+    )  # fmt: skip
     losses = np.asarray(result.losses)
     if not np.isfinite(losses[-1]):
         raise FloatingPointError(f"the training loss ended at {losses[-1]}; try fewer epochs or another seed")

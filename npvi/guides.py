@@ -35,7 +35,7 @@ from npvi.handlers import DENSE_MESSAGE
 from npvi.layers import POSTERIOR_KEY
 from npvi.posteriors import Posterior, inverse_softplus_scale, softplus_scale
 from npvi.tracing import eval_static
-from npvi.validation import check_finite, is_concrete
+from npvi.validation import check_observed, is_concrete
 
 Trace = dict[str, dict[str, Any]]
 
@@ -111,7 +111,7 @@ def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Lat
 
 
 def _sites_from_trace(trace: Trace) -> Sites:
-    """The layer weights and other latent sites of a model trace; checks observed data for NaN where concrete."""
+    """The layer weights and other latent sites of a model trace; checks concrete observed data (NaN, support)."""
     full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
     weights = []
     for site in trace.values():
@@ -119,15 +119,13 @@ def _sites_from_trace(trace: Trace) -> Sites:
             for name, posterior, tensor_fn in site["kwargs"]["layer"].variational_weights():
                 value = trace[name]["value"]
                 weights.append(_Weight(name, posterior, tensor_fn, tuple(jnp.shape(value)), jnp.result_type(value)))
+    check_observed(trace)
     weight_names = {weight.name for weight in weights}
-    latents = []
-    for name, site in trace.items():
-        if site["type"] != "sample" or name in weight_names:
-            continue
-        if site["is_observed"]:
-            check_finite(f"site {name!r}", "the observed data", site["value"])
-        else:
-            latents.append(_latent(name, site, full_sizes))
+    latents = [
+        _latent(name, site, full_sizes)
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"] and name not in weight_names
+    ]
     return Sites(tuple(weights), tuple(latents))
 
 
@@ -187,7 +185,8 @@ class MeanFieldGuide:
     NumPyro's autoguides, a site observed then stays observed, so later calls
     without the observations (prediction) still treat it as data. Nothing traced is
     kept, so the guide traces under ``jit`` and ``vmap`` from its first call. The
-    first call also checks the observed data for NaN where it is concrete.
+    first call also checks the observed data where they are concrete: NaN, and values
+    outside their distribution's support (a label of 10 for ten classes).
 
     >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import SVI

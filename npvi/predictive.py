@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from npvi.tracing import Static, partition
+from npvi.validation import check_numeric
 
 Trace = dict[str, dict[str, Any]]
 
@@ -191,5 +192,7 @@ class Predictive:
 
     def __call__(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Draw ``{site: (num_samples, ...)}`` for the model inputs ``args, kwargs``."""
+        for what, value in [*enumerate(args), *kwargs.items()]:
+            check_numeric("Predictive", f"argument {what!r}", value)
         arrays, static = partition((args, kwargs))
         return self._program(rng_key, self.params, arrays, static=static)

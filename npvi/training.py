@@ -22,6 +22,7 @@ full-data ELBO
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -32,12 +33,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro import handlers
 from numpyro.infer.svi import SVI, SVIRunResult, SVIState
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
+from npvi.elbo import ELBO
 from npvi.guides import MeanFieldGuide
-from npvi.tracing import Static, partition
-from npvi.validation import check_finite
+from npvi.tracing import Static, eval_static, partition
+from npvi.validation import check_finite, check_numeric, check_observed, is_concrete
 
 #: Keyword through which training tells the model the size of the full dataset.
 NUM_DATA = "num_data"
@@ -59,14 +62,22 @@ def _check_positive_int(owner: str, name: str, value: Any) -> int:
 
 def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
     if not data:
-        raise ValueError("fit needs at least one data array (e.g. fit(svi, key, epochs, x, y, ...)), got none")
+        raise ValueError(
+            "fit needs at least one data array (e.g. fit(svi, key, x, y, num_epochs=..., batch_size=...)), got none"
+        )
     lengths = []
     for position, array in enumerate(data):
+        if isinstance(array, int | float) and not isinstance(array, bool):
+            raise TypeError(
+                f"fit: data argument {position} is the number {array!r}, not an array; the counts are keywords: "
+                f"fit(svi, key, x, y, num_epochs=..., batch_size=...)"
+            )
         if not hasattr(array, "shape") or len(array.shape) == 0:
             raise TypeError(
                 f"fit: data argument {position} must be an array with the examples on axis 0, "
                 f"got {type(array).__name__} with shape {getattr(array, 'shape', None)}"
             )
+        check_numeric("fit", f"data argument {position}", array)
         check_finite("fit", f"data argument {position}", array)
         lengths.append(int(array.shape[0]))
     if len(set(lengths)) != 1:
@@ -75,6 +86,48 @@ def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
     if batch_size > num_data:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the data ({num_data} examples)")
     return num_data
+
+
+def _check_observed_data(model: Callable[..., Any], data: tuple, kwargs: dict[str, Any]) -> None:
+    """Every observed value of the whole data against its distribution's support, in one abstract trace."""
+
+    def read() -> None:
+        with handlers.block():
+            check_observed(handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*data, **kwargs))
+
+    eval_static(read)
+
+
+def _observed_scales(model: Callable[..., Any], batch: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``{observed site: its scale}`` for one minibatch, from an abstract trace; factors are left out."""
+
+    def read(batch: tuple) -> dict[str, Any]:
+        with handlers.block():
+            trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*batch, **kwargs)
+        return {
+            name: 1.0 if site["scale"] is None else site["scale"]
+            for name, site in trace.items()
+            if site["type"] == "sample" and site["is_observed"] and not site["infer"].get("is_auxiliary")
+        }
+
+    return eval_static(read, batch)
+
+
+def _check_scales(scales: dict[str, Any], num_data: int, batch_size: int) -> None:
+    """Each observed site must carry ``N / batch_size``: otherwise the KL outweighs the data ``N / B``-fold."""
+    expected = num_data / batch_size
+    for name, scale in scales.items():
+        if not is_concrete(scale) or np.ndim(scale) != 0:
+            continue  # a scale computed in the model, or one per example: the model scales on its own terms
+        if not math.isclose(float(scale), expected, rel_tol=1e-5):
+            raise ValueError(
+                f"fit: the observed site {name!r} is scaled by {float(scale):.4g}, but minibatches of {batch_size} "
+                f"from {num_data} examples need N / batch_size = {expected:.4g}; without it the KL weighs "
+                f"{expected / float(scale):.3g} times too much. Put the likelihood in\n"
+                f'    with numpyro.plate("data", num_data, subsample_size=x.shape[0]):\n'
+                f"and give the model a num_data=None argument (fit passes num_data={num_data}); "
+                "if the model scales its likelihood another way, pass check_scale=False"
+            )
 
 
 def _init_program(
@@ -93,10 +146,19 @@ def _init_program(
     return svi.init(jax.random.split(rng_key)[0], *batch, init_params=init_params, **kwargs)
 
 
+def _with_kl_weight(svi: SVI, kl_weight: jax.Array) -> SVI:
+    """The same SVI with its :class:`~npvi.ELBO` at another ``kl_weight`` (inside a traced step)."""
+    annealed = copy.copy(svi)
+    annealed.loss = svi.loss.with_kl_weight(kl_weight)
+    return annealed
+
+
 def _epoch_program(
-    update: Callable,
+    svi: SVI,
+    stable_update: bool,
     batch_size: int,
     shuffle: bool,
+    kl_schedule: Callable[[jax.Array], jax.Array] | None,
     state: SVIState,
     rng_key: jax.Array,
     epoch: jax.Array,
@@ -105,18 +167,26 @@ def _epoch_program(
     *,
     static: Static,
 ) -> tuple[SVIState, jax.Array, jax.Array]:
-    """One epoch: its rows from ``fold_in(split(rng_key)[1], epoch)``, then ``update`` on each minibatch."""
+    """One epoch: its rows from ``fold_in(split(rng_key)[1], epoch)``, then an SVI step on each minibatch.
+
+    Step ``t`` of the run (counted from 0 over the epochs of one call) uses
+    ``kl_weight = kl_schedule(t)`` when there is a schedule.
+    """
     kwargs = static.rebuild(arrays)
     num_data = data[0].shape[0]
     num_batches = num_data // batch_size
     key = jax.random.fold_in(jax.random.split(rng_key)[1], epoch)
     order = jax.random.permutation(key, num_data) if shuffle else jnp.arange(num_data)
     rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+    steps = (epoch - 1) * num_batches + jnp.arange(num_batches)
 
-    def step(state: SVIState, batch: jax.Array) -> tuple[SVIState, jax.Array]:
+    def step(state: SVIState, inputs: tuple[jax.Array, jax.Array]) -> tuple[SVIState, jax.Array]:
+        batch, t = inputs
+        step_svi = svi if kl_schedule is None else _with_kl_weight(svi, kl_schedule(t))
+        update = step_svi.stable_update if stable_update else step_svi.update
         return update(state, *(array[batch] for array in data), **kwargs)
 
-    state, losses = jax.lax.scan(step, state, rows)
+    state, losses = jax.lax.scan(step, state, (rows, steps))
     return state, losses, jnp.mean(losses)
 
 
@@ -136,6 +206,17 @@ class Trainer:
       that epoch out, so every step has the same shape.
     * :meth:`fit` runs :meth:`init` and then the epochs.
 
+    ``kl_schedule`` (with :class:`npvi.ELBO` as the loss) is an optax-style schedule,
+    ``step -> kl_weight``: step ``t`` of a run, counted from 0, trains with
+    ``svi.loss.with_kl_weight(kl_schedule(t))``, evaluated inside the compiled epoch (KL
+    annealing, e.g. ``optax.linear_schedule(0.0, 1.0, 1000)``).
+
+    With minibatches (``batch_size < N``) the trainer checks, once per shape of the data,
+    that every observed site of the model carries the scale ``N / batch_size``, which
+    ``numpyro.plate("data", num_data, subsample_size=B)`` gives the likelihood; without it
+    the KL would outweigh the data ``N / B``-fold, silently. A model that scales its
+    likelihood another way passes ``check_scale=False``.
+
     The programs belong to the trainer: calling it again with data of the same shapes
     and the same non-array keyword arguments compiles nothing, and dropping the trainer
     frees them. An epoch's key depends only on ``rng_key`` and the epoch's number, so
@@ -152,28 +233,48 @@ class Trainer:
     >>> x = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
     >>> y = x @ jnp.array([1.0, -2.0, 0.5])
     >>> svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
-    >>> trainer = npvi.Trainer(svi, batch_size=32)
-    >>> first = trainer.fit(jax.random.PRNGKey(0), 5, x, y, progress_bar=False)
-    >>> more = trainer.fit(jax.random.PRNGKey(1), 5, x, y, init_state=first.state, progress_bar=False)
+    >>> trainer = npvi.Trainer(svi, batch_size=32, kl_schedule=optax.linear_schedule(0.0, 1.0, 10))
+    >>> first = trainer.fit(jax.random.PRNGKey(0), x, y, num_epochs=5, progress_bar=False)
+    >>> more = trainer.fit(jax.random.PRNGKey(1), x, y, num_epochs=5, init_state=first.state, progress_bar=False)
     >>> more.losses.shape  # 5 epochs of 3 steps, on the programs the first fit compiled
     (15,)
     """
 
-    def __init__(self, svi: SVI, *, batch_size: int, shuffle: bool = True, stable_update: bool = False) -> None:
+    def __init__(
+        self,
+        svi: SVI,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        stable_update: bool = False,
+        kl_schedule: Callable[[jax.Array], jax.Array] | None = None,
+        check_scale: bool = True,
+    ) -> None:
         if not isinstance(svi, SVI):
             raise TypeError(f"Trainer: expected a numpyro.infer.SVI, got {type(svi).__name__}")
+        if kl_schedule is not None:
+            if not callable(kl_schedule):
+                raise TypeError(f"fit: kl_schedule must be a callable step -> kl_weight, got {kl_schedule!r}")
+            if not isinstance(svi.loss, ELBO):
+                raise TypeError(
+                    f"fit: kl_schedule needs npvi.ELBO as the SVI's loss (it sets its kl_weight), "
+                    f"got {type(svi.loss).__name__}"
+                )
         self.svi = svi
         self.batch_size = _check_positive_int("fit", "batch_size", batch_size)
         self.shuffle = bool(shuffle)
         self.stable_update = bool(stable_update)
+        self.kl_schedule = kl_schedule
+        self.check_scale = bool(check_scale)
+        self._checked: set[tuple] = set()  # data shapes and settings whose data and scales were checked
         self._init = (
             jax.jit(functools.partial(_init_program, svi, self.batch_size), static_argnames=("static",))
             if isinstance(svi.guide, MeanFieldGuide)
             else None
         )
-        update = svi.stable_update if stable_update else svi.update
         self._epoch = jax.jit(
-            functools.partial(_epoch_program, update, self.batch_size, self.shuffle), static_argnames=("static",)
+            functools.partial(_epoch_program, svi, self.stable_update, self.batch_size, self.shuffle, kl_schedule),
+            static_argnames=("static",),
         )
 
     def _prepare(self, data: tuple, kwargs: dict[str, Any]) -> tuple[tuple[jax.Array, ...], list, Static]:
@@ -187,8 +288,17 @@ class Trainer:
                 f"{NUM_DATA!r} keyword; add `{NUM_DATA}=None` to its signature and use "
                 f"numpyro.plate('data', {NUM_DATA}, subsample_size=x.shape[0]) around the likelihood"
             )
-        arrays, static = partition({**kwargs, NUM_DATA: num_data})
-        return tuple(jnp.asarray(array) for array in data), arrays, static
+        kwargs = {**kwargs, NUM_DATA: num_data}
+        arrays, static = partition(kwargs)
+        data = tuple(jnp.asarray(array) for array in data)
+        shapes = tuple((array.shape, array.dtype) for array in data)
+        if (shapes, static) not in self._checked:
+            _check_observed_data(self.svi.model, data, kwargs)
+            if self.check_scale and self.batch_size < num_data:
+                batch = tuple(jax.ShapeDtypeStruct((self.batch_size, *array.shape[1:]), array.dtype) for array in data)
+                _check_scales(_observed_scales(self.svi.model, batch, kwargs), num_data, self.batch_size)
+            self._checked.add((shapes, static))
+        return data, arrays, static
 
     def init(
         self, rng_key: jax.Array, *data: jax.Array, init_params: dict[str, jax.Array] | None = None, **kwargs: Any
@@ -205,7 +315,7 @@ class Trainer:
     def epoch(
         self, state: SVIState, rng_key: jax.Array, epoch: int, *data: jax.Array, **kwargs: Any
     ) -> tuple[SVIState, jax.Array]:
-        """One pass over the data: the new state and the loss of each of its ``N // batch_size`` steps."""
+        """Epoch number ``epoch`` (from 1): the new state and the loss of each of its ``N // batch_size`` steps."""
         data, arrays, static = self._prepare(data, kwargs)
         state, losses, _ = self._epoch(state, rng_key, epoch, data, arrays, static=static)
         return state, losses
@@ -213,8 +323,8 @@ class Trainer:
     def fit(
         self,
         rng_key: jax.Array,
-        num_epochs: int,
         *data: jax.Array,
+        num_epochs: int,
         progress_bar: bool = True,
         init_state: SVIState | None = None,
         init_params: dict[str, jax.Array] | None = None,
@@ -242,41 +352,51 @@ class Trainer:
 def fit(
     svi: SVI,
     rng_key: jax.Array,
-    num_epochs: int,
     *data: jax.Array,
+    num_epochs: int,
     batch_size: int,
     shuffle: bool = True,
     progress_bar: bool = True,
     stable_update: bool = False,
+    kl_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    check_scale: bool = True,
     init_state: SVIState | None = None,
     init_params: dict[str, jax.Array] | None = None,
     **kwargs: Any,
 ) -> SVIRunResult:
     r"""Train ``svi`` for ``num_epochs`` passes over minibatches of ``data``.
 
-    Like :meth:`numpyro.infer.SVI.run`, but in epochs of minibatches (``num_epochs``
-    counts passes over the data, not steps):
+    Like :meth:`numpyro.infer.SVI.run`, but in epochs of minibatches, and like Keras'
+    ``fit(x, y, epochs=..., batch_size=...)`` the counts are keywords: ``num_epochs``
+    counts passes over the data, not steps.
 
     * every epoch draws a permutation of the ``N`` examples from ``rng_key``
       (``shuffle=False`` keeps their order) and cuts it into
       ``N // batch_size`` minibatches; the last ``N % batch_size`` examples of
-      the permutation are left out of that epoch, so every step has the same
-      shape and compiles once;
+      the permutation sit that epoch out (another permutation, other examples), so
+      every step has the same shape and compiles once;
     * one epoch is one jitted :func:`jax.lax.scan` of ``svi.update``, and with a
       :class:`~npvi.MeanFieldGuide` ``svi.init`` (on the first minibatch, key
       ``split(rng_key)[0]``) is one compiled program too;
     * the model (and guide) are called as
       ``model(*minibatch, num_data=N, **kwargs)``, where ``minibatch`` is the
-      same rows of every array in ``data``;
+      same rows of every array in ``data``; with minibatches, every observed site
+      must carry the scale ``N / batch_size`` (the likelihood in
+      ``numpyro.plate("data", num_data, subsample_size=x.shape[0])``), or ``fit``
+      raises ``ValueError`` before training; ``check_scale=False`` turns the check
+      off for a model that scales its likelihood another way;
+    * ``kl_schedule``, an optax-style ``step -> kl_weight`` (e.g.
+      ``optax.linear_schedule(0.0, 1.0, 1000)``), anneals :class:`npvi.ELBO`'s KL
+      weight over the steps of this call, counted from 0;
     * a progress bar (``progress_bar=False`` switches it off) shows the mean
       ELBO estimate of the last epoch; a non-finite epoch loss gives a
       :class:`RuntimeWarning` once, and training goes on as
       :meth:`~numpyro.infer.SVI.run` does.
 
-    ``fit(svi, ...)`` is ``npvi.Trainer(svi, batch_size=..., shuffle=...,
-    stable_update=...).fit(...)``: it compiles its programs for this call. To train
-    the same ``svi`` again without compiling (another run, more epochs from
-    ``init_state``), keep a :class:`Trainer` and call its :meth:`~Trainer.fit`.
+    ``fit(svi, ...)`` is ``npvi.Trainer(svi, batch_size=..., ...).fit(...)``: it
+    compiles its programs for this call. To train the same ``svi`` again without
+    compiling (another run, more epochs from ``init_state``), keep a :class:`Trainer`
+    and call its :meth:`~Trainer.fit`.
 
     Returns :class:`numpyro.infer.svi.SVIRunResult` with the final ``params``
     and ``state`` and the ``losses`` of every step, shape
@@ -292,11 +412,24 @@ def fit(
     >>> x = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
     >>> y = x @ jnp.array([1.0, -2.0, 0.5])
     >>> svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
-    >>> result = npvi.fit(svi, jax.random.PRNGKey(0), 5, x, y, batch_size=32, progress_bar=False)
+    >>> result = npvi.fit(svi, jax.random.PRNGKey(0), x, y, num_epochs=5, batch_size=32, progress_bar=False)
     >>> result.losses.shape
     (15,)
     """
-    trainer = Trainer(svi, batch_size=batch_size, shuffle=shuffle, stable_update=stable_update)
+    trainer = Trainer(
+        svi,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        stable_update=stable_update,
+        kl_schedule=kl_schedule,
+        check_scale=check_scale,
+    )
     return trainer.fit(
-        rng_key, num_epochs, *data, progress_bar=progress_bar, init_state=init_state, init_params=init_params, **kwargs
+        rng_key,
+        *data,
+        num_epochs=num_epochs,
+        progress_bar=progress_bar,
+        init_state=init_state,
+        init_params=init_params,
+        **kwargs,
     )

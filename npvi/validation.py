@@ -19,6 +19,57 @@ def is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+def check_numeric(owner: str, what: str, value: Any) -> None:
+    """Raise ``TypeError`` for an array of strings, objects or other non-numbers (its values are not printed).
+
+    >>> check_numeric("fit", "data argument 1", np.array(["cat", "dog"]))
+    Traceback (most recent call last):
+    ...
+    TypeError: fit: data argument 1 must hold numbers (bool, int or float), got an array of dtype <U3
+    """
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.dtype(dtype).kind not in "biufc":
+        raise TypeError(f"{owner}: {what} must hold numbers (bool, int or float), got an array of dtype {dtype}")
+
+
+def check_support(owner: str, fn: dist.Distribution, value: Any) -> None:
+    """Check concrete observed data against the support of their distribution ``fn``.
+
+    ``ValueError`` names how many values fall outside the support and shows one;
+    ``TypeError`` for values of a dtype the distribution cannot score (float labels for a
+    ``Categorical``). Data computed inside a trace, or a support that depends on traced
+    parameters, cannot be checked here and pass.
+    """
+    if not is_concrete(value) or not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(fn.support)):
+        return
+    array = np.asarray(value)
+    with jax.ensure_compile_time_eval():  # concrete values inside a trace: check them now
+        inside = np.asarray(fn.support(value))
+    if not inside.all():
+        position = tuple(int(i) for i in np.argwhere(~inside)[0])
+        example = np.asarray(array[position]).tolist()
+        raise ValueError(
+            f"{owner}: {int((~inside).sum())} of the {inside.size} observed values are outside the support of "
+            f"{type(base_distribution(fn)).__name__} ({fn.support}), e.g. {example!r} at index {position}"
+        )
+    if fn.support.is_discrete and array.dtype.kind == "f":
+        try:
+            fn.log_prob(value)
+        except (TypeError, IndexError):
+            raise TypeError(
+                f"{owner}: the observed data are {array.dtype}, but {type(base_distribution(fn)).__name__} "
+                "needs integer values; pass them as integers, e.g. y.astype(jnp.int32)"
+            ) from None
+
+
+def check_observed(trace: dict[str, dict[str, Any]]) -> None:
+    """:func:`check_finite` and :func:`check_support` on every observed site of a model trace (factors aside)."""
+    for name, site in trace.items():
+        if site["type"] == "sample" and site["is_observed"] and not site["infer"].get("is_auxiliary"):
+            check_finite(f"site {name!r}", "the observed data", site["value"])
+            check_support(f"site {name!r}", site["fn"], site["value"])
+
+
 def check_finite(owner: str, what: str, value: Any) -> None:
     """Raise ``ValueError`` if a concrete array holds NaN or infinity.
 

@@ -81,6 +81,58 @@ def test_nan_observations():
         init(one_layer_model(npvi.DenseFlipout), X, Y.at[1, 1].set(jnp.nan))
 
 
+def classifier(x, y=None, num_data=None):
+    logits = npvi.DenseFlipout(10, name="l1")(x)
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+
+def counts_model(x, y=None, num_data=None):
+    rate = jnp.exp(npvi.DenseFlipout(1, name="l1")(x)[..., 0])
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Poisson(rate), obs=y)
+
+
+@pytest.mark.parametrize(
+    "model, y, error, message",
+    [
+        (classifier, jnp.array([0, 3, 10, 2, 9]), ValueError,
+         r"site 'y': 1 of the 5 observed values are outside the support of CategoricalLogits "
+         r"\(IntegerInterval\(lower_bound=0, upper_bound=9\)\), e.g. 10 at index \(2,\)"),
+        (classifier, jnp.array([0.0, 3.0, 1.0, 2.0, 9.0]), TypeError,
+         r"site 'y': the observed data are float32, but CategoricalLogits needs integer values"),
+        (counts_model, jnp.array([0.0, 3.0, -1.0, -2.0, 1.0]), ValueError,
+         r"site 'y': 2 of the 5 observed values are outside the support of Poisson.*e.g. -1.0 at index \(2,\)"),
+    ],
+    ids=["label out of range", "float labels", "negative counts"],
+)
+def test_observations_outside_their_support(model, y, error, message):
+    with pytest.raises(error, match=message):
+        init(model, X, y)  # the guide's first call, with concrete data
+    svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
+    with pytest.raises(error, match=message):  # fit checks all of its data before it compiles
+        npvi.fit(svi, jax.random.PRNGKey(0), X, y, num_epochs=1, batch_size=2, progress_bar=False)
+
+
+def test_a_long_bad_label_array_is_not_printed():
+    labels = jnp.zeros(1000, jnp.int32).at[500].set(12)
+    with pytest.raises(ValueError) as info:
+        init(classifier, jnp.ones((1000, 4)), labels)
+    assert "1 of the 1000 observed values" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_non_numeric_data_is_a_short_type_error():
+    import numpy as np
+
+    words = np.array(["cat", "dog", "cat", "cow", "dog"])
+    svi = SVI(classifier, npvi.MeanFieldGuide(classifier), optax.adam(1e-2), npvi.ELBO())
+    expected = r"^fit: data argument 1 must hold numbers \(bool, int or float\), got an array of dtype <U3$"
+    with pytest.raises(TypeError, match=expected):
+        npvi.fit(svi, jax.random.PRNGKey(0), X, words, num_epochs=1, batch_size=5, progress_bar=False)
+    with pytest.raises(TypeError, match=r"^Predictive: argument 0 must hold numbers.*dtype <U3$"):
+        npvi.Predictive(classifier, npvi.MeanFieldGuide(classifier), {}, 2)(jax.random.PRNGKey(0), words)
+
+
 def test_duplicate_layer_name():
     def model(x):
         h = npvi.DenseFlipout(4, name="l1")(x)
@@ -112,7 +164,45 @@ def test_bad_prior_and_posterior_types():
     with pytest.raises(TypeError, match=r"layer 'l1': kernel_posterior must be npvi.MeanFieldNormal"):
         npvi.DenseFlipout(3, name="l1", kernel_posterior=dist.Normal())
     with pytest.raises(TypeError, match=r"layer 'l1': activation must be callable"):
-        npvi.DenseFlipout(3, name="l1", activation="relu")
+        npvi.DenseFlipout(3, name="l1", activation=1.0)
+
+
+def test_activations_by_name_as_keras_takes_them():
+    layer = npvi.DenseFlipout(3, name="l1", activation="relu")
+    assert layer.activation is jax.nn.relu
+    assert layer.get_config()["activation"] == "relu"  # configs keep writing the name
+    out = run_model(lambda x: npvi.DenseReparameterization(3, name="l1", activation="tanh")(x), X)["l1"]
+    assert out["type"] == npvi.handlers.DENSE_MESSAGE
+    with pytest.raises(ValueError, match=r"layer 'l1': activation: unknown activation 'rleu'; expected None or one of"):
+        npvi.DenseFlipout(3, name="l1", activation="rleu")
+
+
+@pytest.mark.parametrize(
+    "kl_weight, error, message",
+    [
+        ("0.5", TypeError, "kl_weight must be a finite non-negative number or a JAX array, got str '0.5'"),
+        (None, TypeError, "got NoneType None"),
+        (True, TypeError, "got bool True"),
+        (-1.0, ValueError, "kl_weight must be finite and non-negative, got -1.0"),
+        (float("nan"), ValueError, "got nan"),
+        (jnp.array([0.5, -0.1]), ValueError, r"got \[0.5, -0.10000000149011612\]"),
+    ],
+)
+def test_kl_weight_is_checked_when_the_elbo_is_built(kl_weight, error, message):
+    with pytest.raises(error, match=message):
+        npvi.ELBO(kl_weight=kl_weight)
+
+
+def test_a_traced_kl_weight_still_works():
+    model = one_layer_model(npvi.DenseFlipout)
+    params = fixed_params()
+    guide = npvi.MeanFieldGuide(model)
+
+    @jax.jit
+    def loss(beta):
+        return npvi.ELBO(kl_weight=beta).loss(jax.random.PRNGKey(0), params, model, guide, X, Y)
+
+    assert float(loss(0.0)) < float(loss(1.0))  # the KL is positive, so weighting it in raises the loss
 
 
 def test_inconsistent_bias_options():

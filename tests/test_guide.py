@@ -227,7 +227,7 @@ def test_latents_the_guide_cannot_place_are_clear_errors():
 
     svi = SVI(local, npvi.MeanFieldGuide(local), optax.adam(1e-2), npvi.ELBO())
     with pytest.raises(ValueError, match=r"latent site 'offset' sits in the subsampled plate\(s\) \['data'\]"):
-        npvi.fit(svi, jax.random.PRNGKey(0), 1, x, y, batch_size=4, progress_bar=False)
+        npvi.fit(svi, jax.random.PRNGKey(0), x, y, num_epochs=1, batch_size=4, progress_bar=False)
     # Without subsampling, a local latent is one posterior per example.
     params = init_params(local, npvi.MeanFieldGuide(local), x, y)
     assert params["offset.loc"].shape == (8,)

@@ -39,7 +39,7 @@ def fitted():
     y = jnp.sin(x[:, 0]) + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (N,))
     guide = npvi.MeanFieldGuide(model)
     svi = SVI(model, guide, optax.adam(2e-2), npvi.ELBO())
-    result = npvi.fit(svi, jax.random.PRNGKey(2), 100, x, y, batch_size=10, progress_bar=False)
+    result = npvi.fit(svi, jax.random.PRNGKey(2), x, y, num_epochs=100, batch_size=10, progress_bar=False)
     idata = npvi.to_inference_data(model, guide, result.params, x, y, rng_key=jax.random.PRNGKey(3), num_samples=DRAWS)
     return x, y, guide, result.params, idata
 
