@@ -13,8 +13,8 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	$(BIN)/npvi demo
 
-# ruff, then pytest: unit tests, doctests, the docs build (tests/test_docs.py) and
-# every notebook executed with small settings (tests/test_notebooks.py).
+# `make test` runs ruff, then pytest: the unit tests, the doctests, the README's examples, the Sphinx
+# docs build and every notebook with small settings.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/ruff check npvi tests bench docs notebooks

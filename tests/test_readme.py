@@ -30,3 +30,27 @@ def test_readme_examples_run_and_print_what_they_claim(capsys):
     # the fit is good: the predictive mean follows sin(2x) to within the noise
     residual = namespace["mean"] - namespace["jnp"].sin(2.0 * namespace["x"][:, 0])
     assert float(abs(residual).mean()) < 0.1
+    # the ArviZ example prints the share of unreliable LOO points it then explains
+    assert re.search(r"^elpd_loo [-\d.]+; Pareto k > 0.7 for \d+% of the points$", printed, flags=re.MULTILINE)
+    assert "PSIS-LOO's own diagnostic" in README.read_text()
+
+
+MAKE_TEST = (
+    "`make test` runs ruff, then pytest: the unit tests, the doctests, the README's examples, the Sphinx "
+    "docs build and every notebook with small settings."
+)
+
+
+def test_make_test_is_described_the_same_way_everywhere():
+    root = README.parent
+    for page in (README, root / "docs" / "getting_started.md", root / "DEVELOPERS.md", root / "Makefile"):
+        text = " ".join(line.lstrip("# -").strip() for line in page.read_text().splitlines())
+        assert MAKE_TEST in text, page.name
+
+
+def test_the_package_metadata_installs_without_a_setuptools_warning():
+    """An SPDX license string (a TOML table is deprecated) and the package dir at the top (a .pth editable install)."""
+    text = (README.parent / "pyproject.toml").read_text()
+    assert re.search(r'^license = "Apache-2.0"$', text, flags=re.MULTILINE)
+    assert re.search(r'^package-dir = \{ "" = "\." \}$', text, flags=re.MULTILINE)
+    assert re.search(r'^requires = \["setuptools>=77"\]$', text, flags=re.MULTILINE)  # SPDX strings need 77
