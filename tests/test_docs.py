@@ -116,3 +116,16 @@ def test_the_not_yet_list_of_the_tfp_mapping_is_true() -> None:
     classes = [name for name in names if re.fullmatch(r"[A-Z]\w+", name)]
     assert {"Convolution2DFlipout", "DenseVariational"} <= set(classes)
     assert [name for name in classes if hasattr(npvi, name)] == []
+
+
+def test_the_tfp_classification_example_scores_the_predictive_probabilities(capsys) -> None:
+    """The example Keras users port first predicts class probabilities and scores their argmax."""
+    page = (DOCS / "tfp_mapping.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M) if "def classifier" in b]
+    assert 'return_sites=["probs"]' in block and "probs.argmax(-1)" in block
+    namespace: dict = {}
+    exec(compile(block, "tfp_mapping.md", "exec"), namespace)  # noqa: S102
+    assert namespace["probs"].shape == (600, 3)
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"training accuracy of the predictive probabilities: ([\d.]+)", printed)[1])
+    assert accuracy > 0.8  # three classes from a noisy argmax of the features: chance is 1/3
