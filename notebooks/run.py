@@ -61,7 +61,10 @@ def execute(path: Path, *, smoke: bool, timeout: int = 600) -> nbformat.Notebook
             ip=os.path.join(kernels, "ipc"),
         )
         cwd = kernels if smoke else str(HERE)  # a smoke run leaves no files in the tree
-        client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": cwd}})
+        # record_timing=False: no execution timestamps in the stored notebooks, so a re-run changes only outputs.
+        client = NotebookClient(
+            nb, km=km, timeout=timeout, record_timing=False, resources={"metadata": {"path": cwd}}
+        )
         try:
             client.execute(env=env)
         finally:
