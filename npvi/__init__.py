@@ -1,12 +1,30 @@
-"""npvi: variational Bayesian dense layers for NumPyro.
+"""npvi: variational Bayesian dense and convolutional layers for NumPyro.
 
-TFP's ``DenseReparameterization``, ``DenseLocalReparameterization`` and
-``DenseFlipout``, done the NumPyro way: priors are sample sites, the posterior
+TFP's ``DenseReparameterization``, ``DenseLocalReparameterization``,
+``DenseFlipout`` and ``Convolution{1,2,3}D{Reparameterization,Flipout}`` (plus
+local-reparameterization convolutions), done the NumPyro way: priors are sample sites, the posterior
 lives in a guide, the estimators are effect handlers, and the KL is part of the
 ELBO.
 """
 
 from npvi import handlers, losses, plots, serialization
+from npvi.conv import (
+    Conv1DFlipout,
+    Conv1DLocalReparameterization,
+    Conv1DReparameterization,
+    Conv2DFlipout,
+    Conv2DLocalReparameterization,
+    Conv2DReparameterization,
+    Conv3DFlipout,
+    Conv3DLocalReparameterization,
+    Conv3DReparameterization,
+    Convolution1DFlipout,
+    Convolution1DReparameterization,
+    Convolution2DFlipout,
+    Convolution2DReparameterization,
+    Convolution3DFlipout,
+    Convolution3DReparameterization,
+)
 from npvi.elbo import ELBO
 from npvi.guides import MeanFieldGuide
 from npvi.inference_data import to_inference_data
@@ -27,6 +45,21 @@ from npvi.uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conv1DFlipout",
+    "Conv1DLocalReparameterization",
+    "Conv1DReparameterization",
+    "Conv2DFlipout",
+    "Conv2DLocalReparameterization",
+    "Conv2DReparameterization",
+    "Conv3DFlipout",
+    "Conv3DLocalReparameterization",
+    "Conv3DReparameterization",
+    "Convolution1DFlipout",
+    "Convolution1DReparameterization",
+    "Convolution2DFlipout",
+    "Convolution2DReparameterization",
+    "Convolution3DFlipout",
+    "Convolution3DReparameterization",
     "DenseFlipout",
     "DenseLocalReparameterization",
     "DenseReparameterization",

@@ -14,7 +14,7 @@ from numpyro.infer.elbo import ELBO as _NumPyroELBO
 from numpyro.infer.util import compute_log_probs
 from numpyro.util import check_model_guide_match
 
-from npvi.handlers import DENSE_MESSAGE
+from npvi.handlers import LINEAR_MESSAGE
 from npvi.kl import kl_term
 from npvi.validation import is_concrete
 
@@ -47,7 +47,7 @@ def _layer_weights(model_trace: dict) -> dict[str, tuple[str, str, Any]]:
     """``{weight site: (layer name, "kernel_kl" | "bias_kl", choice)}`` for every layer run."""
     weights = {}
     for site in model_trace.values():
-        if site["type"] == DENSE_MESSAGE:
+        if site["type"] == LINEAR_MESSAGE:
             layer = site["kwargs"]["layer"]
             weights[layer.kernel_site] = (layer.name, "kernel_kl", layer.kernel_kl)
             if layer.use_bias and layer.bias_prior is not None:

@@ -1,19 +1,25 @@
-"""The three ways a variational dense layer turns its posterior into outputs.
+"""The three ways a variational linear layer turns its posterior into outputs.
 
 Each function is pure JAX: jittable, vmappable, no per-example weight tensors.
-With ``x`` of shape ``(..., in)``, a posterior ``q(W) = N(mu, sigma^2)`` of shape
-``(in, units)`` and a bias ``b``:
+``op`` is any operation linear in the kernel (:mod:`npvi.linear_ops`: a dense
+``x @ W`` by default, or a convolution). With a posterior ``q(W) = N(mu, sigma^2)``
+and a bias ``b``:
 
 * reparameterization: one draw ``W ~ q`` shared by the whole batch,
-  ``out = x @ W + b``.
-* local reparameterization (Kingma et al., 2015): an independent pre-activation
-  per example and unit, ``out ~ N(x @ mu + b, (x * x) @ sigma^2)``.
+  ``out = op(x, W) + b``.
+* local reparameterization (Kingma et al., 2015): every output element drawn
+  independently, ``out ~ N(op(x, mu) + b, op(x * x, sigma^2))``. For a dense layer
+  that is the exact distribution of each example's pre-activations; for a
+  convolution each element's marginal is exact, but the covariance between
+  positions of one example (which share the kernel) is dropped.
 * Flipout (Wen et al., 2018): with the shared perturbation ``dW = W - mu`` and
-  random signs ``s_in`` (shaped like ``x``) and ``s_out`` (shaped like the output),
-  ``out = x @ mu + ((x * s_in) @ dW) * s_out + b``.
+  random signs ``s_in``, ``s_out`` in the op's sign shapes,
+  ``out = op(x, mu) + op(x * s_in, dW) * s_out + b``. For a convolution the signs
+  are one per example and channel, so example ``n`` sees exactly the kernel
+  ``mu + dW * outer(s_in[n], s_out[n])`` at every position.
 
-All three have the same per-example mean ``x @ mu + b`` and variance
-``(x * x) @ sigma^2``; LRT and Flipout decorrelate the examples of a batch.
+All three have the same mean ``op(x, mu) + b`` and variance ``op(x * x, sigma^2)``
+per output element; LRT and Flipout decorrelate the examples of a batch.
 """
 
 from __future__ import annotations
@@ -23,24 +29,24 @@ import math
 import jax
 import jax.numpy as jnp
 
+from npvi.linear_ops import DENSE, LinearOp
+
 REPARAMETERIZATION = "reparameterization"
 LOCAL_REPARAMETERIZATION = "local_reparameterization"
 FLIPOUT = "flipout"
 ESTIMATORS = (REPARAMETERIZATION, LOCAL_REPARAMETERIZATION, FLIPOUT)
 
 
-def _add_bias(out: jax.Array, bias: jax.Array | None) -> jax.Array:
-    return out if bias is None else out + bias
-
-
-def reparameterization(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    """``x @ kernel + bias`` with one kernel draw shared by the batch.
+def reparameterization(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, op: LinearOp = DENSE
+) -> jax.Array:
+    """``op(x, kernel) + bias`` with one kernel draw shared by the batch.
 
     >>> import jax.numpy as jnp
     >>> reparameterization(jnp.ones((2, 3)), jnp.ones((3, 4))).shape
     (2, 4)
     """
-    return _add_bias(x @ kernel, bias)
+    return op.add_bias(op(x, kernel), bias)
 
 
 def local_reparameterization(
@@ -49,8 +55,10 @@ def local_reparameterization(
     loc: jax.Array,
     scale: jax.Array,
     bias: jax.Array | None = None,
+    *,
+    op: LinearOp = DENSE,
 ) -> jax.Array:
-    """Sample pre-activations ``N(x @ loc + b, (x*x) @ scale^2)`` independently per example.
+    """Sample each output element from ``N(op(x, loc) + b, op(x * x, scale^2))`` independently.
 
     Where the variance is exactly 0 (an all-zero input row) the standard deviation
     is 0 with a zero gradient, instead of ``sqrt``'s ``inf * 0 = NaN``.
@@ -61,12 +69,12 @@ def local_reparameterization(
     >>> out.tolist()
     [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     """
-    mean = x @ loc
-    variance = (x * x) @ (scale * scale)
+    mean = op(x, loc)
+    variance = op(x * x, scale * scale)
     positive = variance > 0
     std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
     noise = jax.random.normal(rng_key, mean.shape, mean.dtype)
-    return _add_bias(mean + std * noise, bias)
+    return op.add_bias(mean + std * noise, bias)
 
 
 def flipout(
@@ -75,22 +83,25 @@ def flipout(
     loc: jax.Array,
     perturbation: jax.Array,
     bias: jax.Array | None = None,
+    *,
+    op: LinearOp = DENSE,
 ) -> jax.Array:
-    """Flipout: ``x @ loc + ((x * s_in) @ dW) * s_out + b`` with Rademacher signs.
+    """Flipout: ``op(x, loc) + op(x * s_in, dW) * s_out + b`` with Rademacher signs.
 
-    ``perturbation`` is the shared ``dW = W - loc``; the signs make the
-    perturbation pseudo-independent per example at about twice the cost of a
-    plain dense layer.
+    ``perturbation`` is the shared ``dW = W - loc``; the signs (shaped by
+    ``op.sign_shapes``) make the perturbation pseudo-independent per example at
+    about twice the cost of the plain operation.
 
     >>> import jax, jax.numpy as jnp
     >>> flipout(jax.random.PRNGKey(0), jnp.ones((2, 3)), jnp.ones((3, 4)),
     ...         jnp.zeros((3, 4))).tolist()
     [[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
     """
-    out_shape = x.shape[:-1] + (loc.shape[-1],)
-    sign_in, sign_out = rademacher_signs(rng_key, x.shape, out_shape, dtype=x.dtype)
-    out = x @ loc + ((x * sign_in) @ perturbation) * sign_out
-    return _add_bias(out, bias)
+    mean = op(x, loc)
+    in_shape, out_shape = op.sign_shapes(x.shape, mean.shape)
+    sign_in, sign_out = rademacher_signs(rng_key, in_shape, out_shape, dtype=mean.dtype)
+    out = mean + op(x * sign_in, perturbation) * sign_out
+    return op.add_bias(out, bias)
 
 
 def rademacher_signs(

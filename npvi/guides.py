@@ -31,7 +31,7 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.infer.initialization import init_to_median
 from numpyro.infer.util import helpful_support_errors
 
-from npvi.handlers import DENSE_MESSAGE
+from npvi.handlers import LINEAR_MESSAGE
 from npvi.layers import POSTERIOR_KEY
 from npvi.posteriors import Posterior, inverse_softplus_scale, softplus_scale
 from npvi.tracing import eval_static
@@ -115,7 +115,7 @@ def _sites_from_trace(trace: Trace) -> Sites:
     full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
     weights = []
     for site in trace.values():
-        if site["type"] == DENSE_MESSAGE:
+        if site["type"] == LINEAR_MESSAGE:
             for name, posterior, tensor_fn in site["kwargs"]["layer"].variational_weights():
                 value = trace[name]["value"]
                 weights.append(_Weight(name, posterior, tensor_fn, tuple(jnp.shape(value)), jnp.result_type(value)))

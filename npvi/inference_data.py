@@ -10,9 +10,11 @@ trained guide instead, ``chunk_size`` draws at a time (see
   :func:`arviz.loo` and :func:`arviz.waic` need;
 * ``observed_data``: the observed values;
 
-as one chain of ``num_samples`` draws. Layer weights get named dimensions,
-``"<layer>_in"`` and ``"<layer>_units"``; sites inside a plate get the plate's
-name as the dimension.
+as one chain of ``num_samples`` draws. Layer weights get named dimensions:
+``"<layer>_in"`` and ``"<layer>_units"`` for a dense layer;
+``"<layer>_kernel_height"`` (``_depth``, ``_width`` as the rank asks),
+``"<layer>_in"`` and ``"<layer>_filters"`` for a convolution. Sites inside a
+plate get the plate's name as the dimension.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from npvi.handlers import DENSE_MESSAGE
+from npvi.handlers import LINEAR_MESSAGE
 from npvi.predictive import Trace, chunked_draws, traced_draw
 from npvi.tracing import Static, eval_static, partition
 
@@ -49,12 +51,11 @@ def _layer_dims(model_trace: Trace) -> tuple[dict[str, list[str]], dict[str, str
     """Named dims of every layer weight site, and each layer's estimator."""
     dims, estimators = {}, {}
     for site in model_trace.values():
-        if site["type"] != DENSE_MESSAGE:
+        if site["type"] != LINEAR_MESSAGE:
             continue
         layer = site["kwargs"]["layer"]
         estimators[layer.name] = site["kwargs"]["estimator"] or layer.default_estimator
-        dims[layer.kernel_site] = [f"{layer.name}_in", f"{layer.name}_units"]
-        dims[layer.bias_site] = [f"{layer.name}_units"]
+        dims.update(layer.weight_dims())
     return dims, estimators
 
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from npvi.layers import DenseVariational
+from npvi.layers import LinearVariational
 from npvi.serialization import deserialize_layer, serialize_layer
 
 FORMAT = "npvi"
@@ -56,25 +56,25 @@ _HEADER = "npvi_header"
 class Checkpoint(NamedTuple):
     """What :func:`load` returns: the rebuilt layers (in saved order) and the parameters."""
 
-    layers: list[DenseVariational]
+    layers: list[LinearVariational]
     params: dict[str, jax.Array]
 
 
 def _serialized_layers(layers: Any) -> list[dict[str, Any]]:
-    if isinstance(layers, (DenseVariational, dict)):
+    if isinstance(layers, (LinearVariational, dict)):
         layers = [layers]
     if not isinstance(layers, Iterable):
         raise TypeError(f"save: layers must be an npvi layer or a list of them, got {type(layers).__name__}")
     out = []
     for layer in layers:
-        if isinstance(layer, DenseVariational):
+        if isinstance(layer, LinearVariational):
             out.append(serialize_layer(layer))
         elif isinstance(layer, dict):
             deserialize_layer(layer)  # check it describes a layer before writing it
             out.append(layer)
         else:
             raise TypeError(
-                "save: each layer must be an npvi dense layer or npvi.serialization.serialize_layer(layer), "
+                "save: each layer must be an npvi layer or npvi.serialization.serialize_layer(layer), "
                 f"got {type(layer).__name__}"
             )
     names = [entry["config"]["name"] for entry in out]

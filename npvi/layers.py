@@ -1,14 +1,18 @@
-"""Variational dense layers: the model side of npvi.
+"""Variational linear layers (the shared model side of npvi) and the dense layers.
 
 Calling a layer inside a NumPyro model creates
 
 * ``"<name>.kernel"``: a latent ``sample`` site whose distribution is the prior,
-  with event shape ``(in_features, units)``;
+  with event shape ``(in_features, units)`` (dense) or
+  ``kernel_size + (in_channels, filters)`` (convolutions, :mod:`npvi.conv`);
 * ``"<name>.bias"``: a latent ``sample`` site when ``bias_prior`` is given,
   otherwise a point-estimate ``param`` (TFP's default bias has no prior);
-* ``"<name>"``: an ``npvi_dense`` message carrying the linear operation, which the
-  estimator effects in :mod:`npvi.handlers` intercept and :class:`npvi.ELBO`
-  reads to find each layer's KL choice.
+* ``"<name>"``: an ``npvi_linear`` message carrying the layer's linear operation
+  (:mod:`npvi.linear_ops`), which the estimator effects in :mod:`npvi.handlers`
+  intercept and :class:`npvi.ELBO` reads to find each layer's KL choice.
+
+:class:`LinearVariational` holds everything the layer types share; a layer type
+adds its operation, its kernel shape, its input checks and its config keys.
 
 The posterior lives in the guide (:class:`npvi.MeanFieldGuide`), which passes it
 to the model through the kernel site's ``infer`` dict; NumPyro's ``replay``
@@ -30,7 +34,8 @@ from numpyro import distributions as dist
 from numpyro.primitives import Messenger, apply_stack
 
 from npvi import estimators
-from npvi.handlers import DENSE_MESSAGE
+from npvi.handlers import LINEAR_MESSAGE
+from npvi.linear_ops import DENSE, LinearOp
 from npvi.numpyro_internals import replaying, traced_site
 from npvi.posteriors import MeanFieldNormal, PointMass, Posterior, _normal_init
 from npvi.serialization import (
@@ -48,9 +53,9 @@ from npvi.validation import base_distribution, broadcast_to_event, check_distrib
 POSTERIOR_KEY = "npvi_posterior"
 KL_CHOICES = ("exact", "mc")
 
-#: The constructor arguments a config holds, and those of them a config can only hold as None.
-_CONFIG_KEYS = (
-    "units", "name", "activation", "kernel_prior", "bias_prior", "kernel_posterior", "bias_posterior",
+#: The constructor arguments every layer's config holds, and those of them a config can only hold as None.
+_COMMON_CONFIG_KEYS = (
+    "name", "activation", "kernel_prior", "bias_prior", "kernel_posterior", "bias_posterior",
     "kernel_kl", "bias_kl", "use_bias", "kernel_posterior_tensor_fn", "bias_posterior_tensor_fn",
     "activity_regularizer",
 )  # fmt: skip
@@ -93,7 +98,7 @@ def _sample_site(layer: str, name: str, fn: dist.Distribution) -> dict:
 
 def _check_unique(name: str) -> None:
     site = traced_site(name)
-    if site is not None and site["type"] == DENSE_MESSAGE:
+    if site is not None and site["type"] == LINEAR_MESSAGE:
         raise ValueError(
             f"layer name {name!r} is used twice in one model run; "
             "every npvi layer needs its own name"
@@ -108,6 +113,19 @@ def _check_kl(layer: str, what: str, choice: Any) -> None:
         )
 
 
+def check_layer_name(cls: str, name: Any, example: str = "...") -> None:
+    """``TypeError`` unless ``name`` is a non-empty string (every layer needs its own)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls} needs a unique name=, e.g. {cls}({example}, name='l1'); got {name!r}")
+
+
+def check_positive_int(layer: str, what: str, value: Any) -> int:
+    """``value`` if it is a positive int, else a ``ValueError`` naming the layer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"layer {layer!r}: {what} must be a positive int, got {value!r}")
+    return value
+
+
 def normal_posterior_params(layer: str, estimator: str, q: dist.Distribution):
     """``(loc, scale)`` of a Normal posterior; ``TypeError`` for anything else."""
     base = base_distribution(q)
@@ -120,10 +138,11 @@ def normal_posterior_params(layer: str, estimator: str, q: dist.Distribution):
 
 
 def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
-    """Default behaviour of the ``npvi_dense`` message: run the chosen estimator."""
+    """Default behaviour of the ``npvi_linear`` message: run the chosen estimator."""
     estimator = estimator or layer.default_estimator
+    op = layer.linear_op
     if estimator == estimators.REPARAMETERIZATION:
-        return estimators.reparameterization(x, kernel, bias)
+        return estimators.reparameterization(x, kernel, bias, op=op)
     if kernel_posterior is None:
         if replaying():
             warnings.warn(
@@ -132,7 +151,7 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
                 "the drawn kernel (reparameterization)",
                 stacklevel=2,
             )
-        return estimators.reparameterization(x, kernel, bias)
+        return estimators.reparameterization(x, kernel, bias, op=op)
     loc, scale = normal_posterior_params(layer.name, estimator, kernel_posterior)
     rng_key = numpyro.prng_key()
     if rng_key is None:
@@ -141,18 +160,23 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
             "must run under numpyro.handlers.seed (SVI and Predictive do this)"
         )
     if estimator == estimators.LOCAL_REPARAMETERIZATION:
-        return estimators.local_reparameterization(rng_key, x, loc, scale, bias)
-    return estimators.flipout(rng_key, x, loc, kernel - loc, bias)
+        return estimators.local_reparameterization(rng_key, x, loc, scale, bias, op=op)
+    return estimators.flipout(rng_key, x, loc, kernel - loc, bias, op=op)
 
 
-class DenseVariational:
-    """Shared implementation of the three dense layers; use a subclass."""
+class LinearVariational:
+    """What every npvi layer shares: prior sites, posteriors, KL choices, the message, configs.
+
+    A layer type sets ``_CONFIG_KEYS`` (its own constructor arguments, then the common
+    ones), ``linear_op``, ``_bias_shape``, ``_kernel_shape``, ``_check_rank`` and
+    ``_own_config``; a concrete class also sets ``default_estimator``.
+    """
 
     default_estimator: ClassVar[str]
+    _CONFIG_KEYS: ClassVar[tuple[str, ...]]
 
     def __init__(
         self,
-        units: int,
         *,
         activation: str | Callable[[jax.Array], jax.Array] | None = None,
         name: str | None = None,
@@ -167,13 +191,7 @@ class DenseVariational:
         bias_posterior_tensor_fn: Callable[[dist.Distribution], jax.Array] | None = None,
         activity_regularizer: Callable[[jax.Array], jax.Array] | None = None,
     ) -> None:
-        cls = type(self).__name__
-        if not isinstance(name, str) or not name:
-            raise TypeError(
-                f"{cls} needs a unique name=, e.g. {cls}({units!r}, name='l1'); got {name!r}"
-            )
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"layer {name!r}: units must be a positive int, got {units!r}")
+        check_layer_name(type(self).__name__, name)
         if isinstance(activation, str):  # a jax.nn name, as Keras and TFP take it
             activation = activation_from_name(activation, f"layer {name!r}: activation")
         for what, fn in (
@@ -199,7 +217,6 @@ class DenseVariational:
                 f"layer {name!r}: a MeanFieldNormal bias posterior needs a bias_prior; "
                 "without one the bias is a point estimate (PointMass)"
             )
-        self.units = units
         self.activation = activation
         self.name = name
         self.kernel_prior = kernel_prior
@@ -223,13 +240,15 @@ class DenseVariational:
         """Name of the bias site, ``"<name>.bias"`` (a sample site or a param)."""
         return f"{self.name}.bias"
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.units}, name={self.name!r})"
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if hasattr(cls, "default_estimator"):  # a concrete layer: npvi.load can rebuild it by name
             register_layer_class(cls)
+
+    def weight_dims(self) -> dict[str, list[str]]:
+        """Named dims of the kernel and bias (``to_inference_data`` uses them)."""
+        out = self._out_dim_name()
+        return {self.kernel_site: [*self._kernel_dim_names(), out], self.bias_site: [out]}
 
     def variational_weights(self) -> list[tuple[str, Posterior, Callable[[dist.Distribution], jax.Array] | None]]:
         """``(site, posterior, tensor fn)`` of each weight with a prior: the kernel, and the bias if it has one."""
@@ -258,7 +277,7 @@ class DenseVariational:
                 raise TypeError(f"{owner}: {what} is the callable {_label(getattr(self, what))!r}, which a config "
                                 "cannot describe; only None can be saved")  # fmt: skip
         return {
-            "units": int(self.units),
+            **self._own_config(),
             "name": self.name,
             "activation": describe_activation(self.activation, f"{owner}: activation"),
             "kernel_prior": self._describe_prior("kernel_prior"),
@@ -278,7 +297,7 @@ class DenseVariational:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DenseVariational:
+    def from_config(cls, config: dict[str, Any]) -> LinearVariational:
         """Rebuild a layer from :meth:`get_config`'s output."""
         if not hasattr(cls, "default_estimator"):
             raise TypeError(
@@ -287,13 +306,12 @@ class DenseVariational:
             )
         if not isinstance(config, dict):
             raise TypeError(f"{cls.__name__}.from_config expects a dict, got {type(config).__name__}")
-        unknown = sorted(set(config) - set(_CONFIG_KEYS))
+        unknown = sorted(set(config) - set(cls._CONFIG_KEYS))
         if unknown:
             raise ValueError(
-                f"{cls.__name__}.from_config: unknown keys {unknown}; expected some of {list(_CONFIG_KEYS)}"
+                f"{cls.__name__}.from_config: unknown keys {unknown}; expected some of {list(cls._CONFIG_KEYS)}"
             )
         kwargs = dict(config)
-        units = kwargs.pop("units", None)
         owner = f"layer {config.get('name')!r}"
         for what in _UNDESCRIBABLE:
             if kwargs.get(what) is not None:
@@ -306,7 +324,7 @@ class DenseVariational:
         for what in ("kernel_posterior", "bias_posterior"):
             if kwargs.get(what) is not None:
                 kwargs[what] = posterior_from_description(kwargs[what], f"{owner}: {what}")
-        return cls(units, **kwargs)
+        return cls(**kwargs)
 
     def _describe_prior(self, what: str) -> dict[str, Any] | None:
         prior = getattr(self, what)
@@ -330,22 +348,23 @@ class DenseVariational:
         )
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Apply the layer: ``activation(inputs @ kernel + bias)`` under the chosen estimator."""
+        """Apply the layer: ``activation(op(inputs, kernel) + bias)`` under the chosen estimator."""
         x = self._check_inputs(inputs)
         _check_unique(self.name)
-        shape = (x.shape[-1], self.units)
+        shape = self._kernel_shape(x)
         kernel_prior = self._prior(self.kernel_prior, "kernel_prior", shape, x.dtype)
         kernel_msg = _sample_site(self.name, self.kernel_site, kernel_prior)
         kernel = self._check_weight(kernel_msg, shape)
         bias = None
+        bias_shape = self._bias_shape()
         if self.use_bias and self.bias_prior is None:
-            bias = numpyro.param(self.bias_site, self._bias_init((self.units,), x.dtype))
-            self._check_value("bias", bias, (self.units,))
+            bias = numpyro.param(self.bias_site, self._bias_init(bias_shape, x.dtype))
+            self._check_value("bias", bias, bias_shape)
         elif self.use_bias:
-            prior = self._prior(self.bias_prior, "bias_prior", (self.units,), x.dtype)
-            bias = self._check_weight(_sample_site(self.name, self.bias_site, prior), (self.units,))
+            prior = self._prior(self.bias_prior, "bias_prior", bias_shape, x.dtype)
+            bias = self._check_weight(_sample_site(self.name, self.bias_site, prior), bias_shape)
         msg = {
-            "type": DENSE_MESSAGE,
+            "type": LINEAR_MESSAGE,
             "name": self.name,
             "fn": _forward,
             "args": (x, kernel, bias),
@@ -368,13 +387,7 @@ class DenseVariational:
 
     def _check_inputs(self, inputs: Any) -> jax.Array:
         x = jnp.asarray(inputs)
-        if x.ndim < 2:
-            raise ValueError(
-                f"layer {self.name!r}: expected inputs of rank >= 2 (..., batch, features), "
-                f"got shape {x.shape}"
-            )
-        if x.shape[-1] == 0:
-            raise ValueError(f"layer {self.name!r}: inputs have no features (shape {x.shape})")
+        self._check_rank(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.result_type(float))
         check_finite(f"layer {self.name!r}", "the input", x)
@@ -412,6 +425,65 @@ class DenseVariational:
                 f"need {shape}; were the guide or the params built for other inputs?"
             )
         return value
+
+
+class DenseVariational(LinearVariational):
+    """Shared implementation of the three dense layers (``op(x, W) = x @ W``); use a subclass."""
+
+    _CONFIG_KEYS = ("units", *_COMMON_CONFIG_KEYS)
+    linear_op: ClassVar[LinearOp] = DENSE
+
+    def __init__(
+        self,
+        units: int,
+        *,
+        activation: str | Callable[[jax.Array], jax.Array] | None = None,
+        name: str | None = None,
+        kernel_prior: Prior | None = None,
+        bias_prior: Prior | None = None,
+        kernel_posterior: Posterior | None = None,
+        bias_posterior: Posterior | None = None,
+        kernel_kl: KLChoice = "exact",
+        bias_kl: KLChoice = "exact",
+        use_bias: bool = True,
+        kernel_posterior_tensor_fn: Callable[[dist.Distribution], jax.Array] | None = None,
+        bias_posterior_tensor_fn: Callable[[dist.Distribution], jax.Array] | None = None,
+        activity_regularizer: Callable[[jax.Array], jax.Array] | None = None,
+    ) -> None:
+        check_layer_name(type(self).__name__, name, repr(units))
+        self.units = check_positive_int(name, "units", units)
+        super().__init__(
+            activation=activation, name=name, kernel_prior=kernel_prior, bias_prior=bias_prior,
+            kernel_posterior=kernel_posterior, bias_posterior=bias_posterior, kernel_kl=kernel_kl,
+            bias_kl=bias_kl, use_bias=use_bias, kernel_posterior_tensor_fn=kernel_posterior_tensor_fn,
+            bias_posterior_tensor_fn=bias_posterior_tensor_fn, activity_regularizer=activity_regularizer,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.units}, name={self.name!r})"
+
+    def _own_config(self) -> dict[str, Any]:
+        return {"units": int(self.units)}
+
+    def _check_rank(self, x: jax.Array) -> None:
+        if x.ndim < 2:
+            raise ValueError(
+                f"layer {self.name!r}: expected inputs of rank >= 2 (..., batch, features), got shape {x.shape}"
+            )
+        if x.shape[-1] == 0:
+            raise ValueError(f"layer {self.name!r}: inputs have no features (shape {x.shape})")
+
+    def _kernel_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return (x.shape[-1], self.units)
+
+    def _bias_shape(self) -> tuple[int, ...]:
+        return (self.units,)
+
+    def _kernel_dim_names(self) -> list[str]:
+        return [f"{self.name}_in"]
+
+    def _out_dim_name(self) -> str:
+        return f"{self.name}_units"
 
 
 class DenseReparameterization(DenseVariational):

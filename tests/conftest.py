@@ -55,7 +55,7 @@ class EstimatorSpy(Messenger):
         super().__init__(fn)
 
     def postprocess_message(self, msg):
-        if msg["type"] == npvi.handlers.DENSE_MESSAGE:
+        if msg["type"] == npvi.handlers.LINEAR_MESSAGE:
             kwargs = msg["kwargs"]
             estimator = kwargs["estimator"] or kwargs["layer"].default_estimator
             self.log.append((msg["name"], estimator, kwargs["kernel_posterior"] is not None))

@@ -66,7 +66,7 @@ def describe_site(site):
         out["value_shape"] = tuple(jnp.shape(site["value"]))
     elif site["type"] == "param":
         out["value_shape"] = tuple(jnp.shape(site["value"]))
-    elif site["type"] == npvi.handlers.DENSE_MESSAGE:
+    elif site["type"] == npvi.handlers.LINEAR_MESSAGE:
         layer = site["kwargs"]["layer"]
         out["layer"] = (type(layer).__name__, layer.kernel_kl, layer.bias_kl, layer.kernel_posterior,
                         layer.bias_posterior, layer.activation)

@@ -172,7 +172,7 @@ def test_activations_by_name_as_keras_takes_them():
     assert layer.activation is jax.nn.relu
     assert layer.get_config()["activation"] == "relu"  # configs keep writing the name
     out = run_model(lambda x: npvi.DenseReparameterization(3, name="l1", activation="tanh")(x), X)["l1"]
-    assert out["type"] == npvi.handlers.DENSE_MESSAGE
+    assert out["type"] == npvi.handlers.LINEAR_MESSAGE
     with pytest.raises(ValueError, match=r"layer 'l1': activation: unknown activation 'rleu'; expected None or one of"):
         npvi.DenseFlipout(3, name="l1", activation="rleu")
 

@@ -24,7 +24,7 @@ def test_sites_and_shapes(layer_cls, data):
     assert isinstance(kernel["fn"].base_dist.base_dist, dist.Normal)
     # Default bias: a point-estimate param, no prior (TFP's Deterministic bias).
     assert tr["l1.bias"]["type"] == "param" and tr["l1.bias"]["value"].shape == (3,)
-    assert tr["l1"]["type"] == npvi.handlers.DENSE_MESSAGE
+    assert tr["l1"]["type"] == npvi.handlers.LINEAR_MESSAGE
     assert tr["out"]["value"].shape == (16, 3)
 
 
