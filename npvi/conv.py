@@ -21,7 +21,7 @@ With :math:`q(W) = \mathcal{N}(\mu, \sigma^2)` and :math:`\ast` the convolution:
   :math:`\mathcal{N}(x \ast \mu + b,\ (x \odot x) \ast \sigma^2)`, each output element
   drawn independently. Each element's marginal is exact, but the positions of one
   example share a kernel and so are correlated; this estimator drops that
-  covariance (Kingma et al., 2015, section 3.2). Its gradients have low variance,
+  covariance (Kingma et al., 2015). Its gradients have low variance,
   but it is not the network's exact predictive distribution.
 
 >>> import jax.numpy as jnp, numpyro
@@ -33,6 +33,7 @@ With :math:`q(W) = \mathcal{N}(\mu, \sigma^2)` and :math:`\ast` the convolution:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -58,7 +59,7 @@ _SPATIAL_NAMES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", 
 
 def _tuple(layer: str, what: str, value: Any, rank: int) -> tuple[int, ...]:
     """An int or a sequence of ``rank`` ints, each positive, as a tuple of ``rank`` ints."""
-    values = (value,) * rank if isinstance(value, int) and not isinstance(value, bool) else value
+    values = (value,) * rank if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != rank:
         raise ValueError(f"layer {layer!r}: {what} must be a positive int or {rank} of them, got {value!r}")
     return tuple(check_positive_int(layer, what, v) for v in values)
@@ -149,8 +150,8 @@ class ConvVariational(LinearVariational):
     def _check_rank(self, x: jax.Array) -> None:
         if x.ndim != self.rank + 2:
             raise ValueError(
-                f"layer {self.name!r}: expected inputs of rank {self.rank + 2} {self._layout()} "
-                f"({self.data_format}), got shape {x.shape}"
+                f"layer {self.name!r}: expected inputs of rank {self.rank + 2}, {self._layout()} "
+                f"for {self.data_format}; got shape {x.shape}"
             )
         spatial, channels = self._spatial_and_channels(x.shape)
         if channels == 0 or 0 in spatial or x.shape[0] == 0:

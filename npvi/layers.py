@@ -23,6 +23,7 @@ posterior (or prior) sample of the network.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -121,9 +122,9 @@ def check_layer_name(cls: str, name: Any, example: str = "...") -> None:
 
 def check_positive_int(layer: str, what: str, value: Any) -> int:
     """``value`` if it is a positive int, else a ``ValueError`` naming the layer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"layer {layer!r}: {what} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def normal_posterior_params(layer: str, estimator: str, q: dist.Distribution):
