@@ -269,3 +269,136 @@ def torch_step(
     variant = Variant(label, advance, (_Loss(torch.zeros((), device=dev)),), sync=_sync_for(dev))
     variant.params = params  # for checks: the live parameter tensors
     return variant
+
+
+# --------------------------------------------------------------------------- the CNN of issue 14 (bench/conv.py)
+
+
+def _init_conv_params(problem, gen, device, deterministic: bool) -> list[dict[str, Any]]:
+    """Leaf tensors for ``conv_steps.ConvProblem``'s CNN, initialised as ``_init_params`` does.
+
+    Convolution kernels are in PyTorch's layout ``(out, in, h, w)``; dense kernels ``(in, out)``.
+    """
+    import torch
+
+    def normal(mean: float, std: float, *shape: int):
+        return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * std + mean).requires_grad_()
+
+    ins = (problem.image[-1], *problem.filters[:-1])
+    shapes = [(f, c, problem.kernel, problem.kernel) for c, f in zip(ins, problem.filters, strict=True)]
+    ins = (problem.flat_features(), *problem.dense[:-1])
+    shapes += [(n_in, n_out) for n_in, n_out in zip(ins, problem.dense, strict=True)]
+    params = []
+    for shape in shapes:
+        n_out = shape[0] if len(shape) == 4 else shape[1]
+        if deterministic:
+            bias = torch.zeros(n_out, device=device, dtype=torch.float32, requires_grad=True)
+            params.append({"w": normal(0.0, 0.1, *shape), "bias": bias})
+        else:
+            loc, u = normal(0.0, 0.1, *shape), normal(-3.0, 0.1, *shape)
+            params.append({"loc": loc, "u": u, "bias": normal(0.0, 0.1, n_out)})
+    return params
+
+
+def draw_conv_noise(params: list[dict[str, Any]], batch: int, gen, device) -> list[tuple]:
+    """One Flipout step's noise per layer ``(E, s_in, s_out)``; a convolution's signs are ``(batch, C, 1, 1)``."""
+    import torch
+
+    noise = []
+    for p in params:
+        shape = p["loc"].shape
+        eps = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        if len(shape) == 4:  # (out, in, h, w): one sign per example and channel
+            s_in, s_out = rademacher(gen, batch, shape[1], shape[0], device)
+            noise.append((eps, s_in[:, :, None, None], s_out[:, :, None, None]))
+        else:
+            noise.append((eps, *rademacher(gen, batch, shape[0], shape[1], device)))
+    return noise
+
+
+def conv_flipout_layer(noise: tuple, x: Any, p: dict[str, Any]) -> Any:
+    """Flipout convolution: ``conv(x, mu) + b + conv(x * s_in, sigma * E) * s_out`` (stride 1, "same")."""
+    import torch.nn.functional as F
+
+    eps, s_in, s_out = noise
+    mean = F.conv2d(x, p["loc"], p["bias"], padding="same")
+    return mean + F.conv2d(x * s_in, eps * sigma(p["u"]), padding="same") * s_out
+
+
+def make_conv_loss(problem, deterministic: bool):
+    """``(params, noise, x, y) -> loss`` of the CNN (x channels first): Flipout's negative ELBO, or the NLL."""
+    import torch
+    import torch.nn.functional as F
+
+    n_conv = len(problem.filters)
+
+    def conv_layer(noise, h, p):
+        if deterministic:
+            return F.conv2d(h, p["w"], p["bias"], padding="same")
+        return conv_flipout_layer(noise, h, p)
+
+    def dense_layer(noise, h, p):
+        return torch.addmm(p["bias"], h, p["w"]) if deterministic else layer("flipout", noise, h, p)
+
+    def loss(params, noise, x, y):
+        noise = noise or [None] * len(params)
+        h = x
+        for i in range(n_conv):
+            h = F.max_pool2d(torch.relu(conv_layer(noise[i], h, params[i])), 2)
+        h = h.flatten(1)
+        for i in range(n_conv, len(params)):
+            h = dense_layer(noise[i], h, params[i])
+            if i < len(params) - 1:
+                h = torch.relu(h)
+        if deterministic:
+            return -log_likelihood(problem.n, h, y)
+        return -(log_likelihood(problem.n, h, y) - kl(params))
+
+    return loss
+
+
+def torch_conv_step(
+    problem,
+    x,
+    y,
+    lr: float,
+    *,
+    deterministic: bool = False,
+    device: str | None = None,
+    compile: bool = False,
+    seed: int = 0,
+    threads: int | None = None,
+) -> Variant:
+    """A Variant whose step is one PyTorch step of the Flipout CNN (or the deterministic one).
+
+    As :func:`torch_step`, for ``conv_steps.ConvProblem``: ``x`` is channels last (JAX's
+    layout) and is transposed to PyTorch's channels first once, outside the step.
+    """
+    import numpy as np
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = torch.device(_device(device))
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    params = _init_conv_params(problem, gen, dev, deterministic)
+    optimizer = torch.optim.Adam([t for p in params for t in p.values()], lr=lr)
+    xs = torch.tensor(np.asarray(x), dtype=torch.float32, device=dev).permute(0, 3, 1, 2).contiguous()
+    ys = torch.tensor(np.asarray(y), dtype=torch.int64, device=dev)
+    loss_fn = make_conv_loss(problem, deterministic)
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+    label = ("deterministic CNN (PyTorch)" if deterministic else "PyTorch Flipout") + (" compiled" if compile else "")
+
+    def advance(carry):
+        noise = [] if deterministic else draw_conv_noise(params, xs.shape[0], gen, dev)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(params, noise, xs, ys)
+        loss.backward()
+        optimizer.step()
+        return (_Loss(loss.detach()),)
+
+    variant = Variant(label, advance, (_Loss(torch.zeros((), device=dev)),), sync=_sync_for(dev))
+    variant.params = params
+    return variant

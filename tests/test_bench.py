@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import conv_steps  # noqa: E402
 import steps  # noqa: E402
 
 import npvi  # noqa: E402
@@ -60,3 +61,22 @@ def test_deterministic_step_runs(data):
     first = (v.run(1), v.loss())[1]
     v.run(20)
     assert np.isfinite(v.loss()) and v.loss() < first
+
+
+CONV_PROBLEM = conv_steps.ConvProblem(image=(8, 8, 1), filters=(2, 3), kernel=3, dense=(5, 4, 3), batch=4, n=400)
+
+
+@pytest.mark.parametrize("estimator", conv_steps.ESTIMATORS)
+def test_plain_conv_loss_equals_npvi_loss(estimator):
+    """The CNN of bench/conv.py (tiny shapes): the plain-JAX loss is npvi's, draw for draw."""
+    x, y = CONV_PROBLEM.batch_data(seed=2)
+    svi, state = conv_steps.npvi_svi(CONV_PROBLEM, estimator, x, y)
+    params = svi.get_params(state)
+    plain = conv_steps.params_from_npvi(CONV_PROBLEM, params)
+    losses = []
+    for seed in range(2):
+        key = jax.random.PRNGKey(seed)
+        expected = npvi.ELBO().loss(key, params, svi.model, svi.guide, x, y)
+        losses.append(conv_steps.plain_loss(CONV_PROBLEM, estimator)(plain, key, x, y))
+        np.testing.assert_allclose(losses[-1], expected, rtol=1e-5)
+    assert abs(float(losses[1]) - float(losses[0])) > 1e-2  # random through the draws, not a constant
