@@ -369,3 +369,12 @@ def test_the_estimator_handlers_switch_convolutions_as_they_switch_dense_layers(
     log.clear()
     svi_traces(model, guide, params, jax.random.PRNGKey(0), x, y)
     assert log == [("c", estimator, True), ("d", estimator, True)], log
+
+
+def test_kernel_axes_get_named_dims_for_arviz():
+    assert npvi.Conv3DFlipout(2, 3, name="c").weight_dims() == {
+        "c.kernel": ["c_kernel_depth", "c_kernel_height", "c_kernel_width", "c_in", "c_filters"],
+        "c.bias": ["c_filters"],
+    }
+    assert npvi.Conv1DFlipout(2, 3, name="c").weight_dims()["c.kernel"] == ["c_kernel_width", "c_in", "c_filters"]
+    assert npvi.DenseFlipout(2, name="d").weight_dims() == {"d.kernel": ["d_in", "d_units"], "d.bias": ["d_units"]}
