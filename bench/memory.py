@@ -55,13 +55,16 @@ def npvi_grad_memory(estimator: str, batch: int, n_in: int, units: int) -> dict[
     y = jax.ShapeDtypeStruct((batch, units), jnp.float32)
     model = one_layer_model(ESTIMATORS[estimator])
     guide = npvi.MeanFieldGuide(model)
-    # The guide's prototype traces the model once on concrete zeros (cheap: no compile).
-    with numpyro.handlers.seed(rng_seed=0):
-        params = {
-            k: jax.ShapeDtypeStruct(v["value"].shape, v["value"].dtype)
-            for k, v in numpyro.handlers.trace(guide).get_trace(jnp.zeros(x.shape), jnp.zeros(y.shape)).items()
-            if v["type"] == "param"
-        }
+    # The params of the guide and of the model (the layer's bias), as SVI keeps them, so that
+    # none is created inside the measured program. The traces run on concrete zeros (no compile).
+    params = {}
+    for program in (guide, model):
+        with numpyro.handlers.seed(rng_seed=0):
+            site_trace = numpyro.handlers.trace(program).get_trace(jnp.zeros(x.shape), jnp.zeros(y.shape))
+        params.update(
+            {k: jax.ShapeDtypeStruct(v["value"].shape, v["value"].dtype) for k, v in site_trace.items()
+             if v["type"] == "param"}  # fmt: skip
+        )
 
     def grad(params, key, x, y):
         return jax.grad(lambda p: npvi.ELBO().loss(key, p, model, guide, x, y))(params)
