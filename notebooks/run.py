@@ -4,7 +4,10 @@
 
 Without ``--full`` each notebook runs with ``NPVI_NOTEBOOK_SMOKE=1`` (small settings) on an in-memory
 copy, in a temporary working directory, so the committed files are never touched; any cell error raises
-``nbclient.exceptions.CellExecutionError`` (a non-zero exit). With ``--full``
+``nbclient.exceptions.CellExecutionError`` (a non-zero exit). A smoke run is mostly XLA compiling
+small programs, so it also sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=1`` (unless the environment sets it):
+compilation takes a fraction of the time, and the programs compute the same values up to float
+rounding. With ``--full``
 the notebooks run with their real settings and their outputs are written in place (``make notebooks``).
 NOTEBOOK names a notebook (``01_regression_uncertainty.ipynb``, or a prefix such as ``01``); the
 default is all of them.
@@ -30,6 +33,8 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 SMOKE_ENV = "NPVI_NOTEBOOK_SMOKE"
+#: Set for smoke runs: JAX's flag that skips most XLA optimisation passes (quicker compiles).
+QUICK_COMPILE_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 KERNEL = "python3"
 
 
@@ -52,6 +57,8 @@ def execute(path: Path, *, smoke: bool, timeout: int = 600) -> nbformat.Notebook
     """
     nb = nbformat.read(path, as_version=4)
     env = {**os.environ, SMOKE_ENV: "1" if smoke else "0"}
+    if smoke:
+        env.setdefault(QUICK_COMPILE_ENV, "1")
     with tempfile.TemporaryDirectory() as kernels:
         write_kernel_spec(os.path.join(kernels, KERNEL))  # argv: [sys.executable, "-m", "ipykernel_launcher", ...]
         km = KernelManager(

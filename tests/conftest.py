@@ -101,3 +101,22 @@ def count_compiles():
         yield compiles
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture
+def quick_xla():
+    """XLA with most optimisations off (JAX's ``jax_disable_most_optimizations``) for one test.
+
+    For tests whose time is mostly compiling a short training run: compiles are about three
+    times quicker on a CPU, and the programs compute the same values up to float rounding.
+    The flag is part of every program's cache key; the caches are cleared afterwards anyway,
+    so the slower programs do not outlive the test.
+    """
+    flag = "jax_disable_most_optimizations"
+    previous = jax.config.read(flag)
+    jax.config.update(flag, True)
+    try:
+        yield
+    finally:
+        jax.config.update(flag, previous)
+        jax.clear_caches()

@@ -68,6 +68,7 @@ def test_deterministic_step_runs(data):
 CONV_PROBLEM = conv_steps.ConvProblem(image=(8, 8, 1), filters=(2, 3), kernel=3, dense=(5, 4, 3), batch=4, n=400)
 
 
+@pytest.mark.usefixtures("quick_xla")
 @pytest.mark.parametrize("estimator", ["flipout", "local_reparameterization"])
 def test_plain_conv_loss_equals_npvi_loss(estimator):
     """The CNN of bench/conv.py (tiny shapes): the plain-JAX loss is npvi's, draw for draw.

@@ -181,6 +181,7 @@ def test_flipout_gives_each_example_one_kernel(rank, channels_last):
     np.testing.assert_allclose(out, one_kernel_per_example(x, sign_in, sign_out), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.usefixtures("quick_xla")
 def test_flipout_and_lrt_lower_the_gradient_variance_of_a_small_cnn():
     kx, ky = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (64, 6, 6, 1))
@@ -334,16 +335,18 @@ def digits_images():
     return as_images(data.x_train), data.y_train, as_images(data.x_test), data.y_test
 
 
+@pytest.mark.usefixtures("quick_xla")
 @pytest.mark.parametrize(
     ("estimator", "elbo"),
-    [("Reparameterization", "npvi"), ("LocalReparameterization", "numpyro")],
+    [
+        ("Reparameterization", "npvi"),
+        ("Flipout", "npvi"),
+        ("LocalReparameterization", "npvi"),
+        ("Flipout", "numpyro"),
+    ],
 )
 def test_a_bayesian_cnn_learns_digits(estimator, elbo, digits_images):
-    """npvi.ELBO and NumPyro's Trace_ELBO train the CNN well past chance (0.1).
-
-    Flipout with npvi.ELBO, the third estimator, trains in ``npvi demo --model cnn``
-    (tests/test_demo.py); two fits here keep the suite inside its time budget.
-    """
+    """Every estimator with npvi.ELBO, and Flipout with NumPyro's Trace_ELBO, train the CNN well past chance."""
     import optax
     from numpyro.infer import SVI, Trace_ELBO
 
@@ -360,6 +363,7 @@ def test_a_bayesian_cnn_learns_digits(estimator, elbo, digits_images):
     assert accuracy > 0.85, accuracy
 
 
+@pytest.mark.usefixtures("quick_xla")
 def test_the_estimator_handlers_switch_convolutions_as_they_switch_dense_layers():
     x, y = jnp.ones((4, 8, 8, 1)), jnp.arange(4)
     base = small_cnn("Flipout")

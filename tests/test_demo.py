@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from npvi.cli import main  # noqa: E402
-from npvi.demo import classification_metrics, regression_metrics  # noqa: E402
+from npvi.demo import classification_metrics, regression_metrics, run_demo  # noqa: E402
 
 
 def _row(out: str, label: str) -> list[float]:
@@ -24,6 +24,7 @@ def _row(out: str, label: str) -> list[float]:
     return [float(v) for v in match[1].split()]
 
 
+@pytest.mark.usefixtures("quick_xla")
 def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
     out_dir = tmp_path / "run"
     argv = ["demo", "--epochs", "8", "--num-samples", "50", "--out", str(out_dir), "--estimator", "lrt", "--no-cache"]
@@ -51,6 +52,35 @@ def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
     assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.usefixtures("quick_xla")
+def test_cnn_demo_reports_the_mlp_next_to_it_and_writes_its_files(capsys, tmp_path):
+    argv = ["demo", "--model", "cnn", "--epochs", "3", "--num-samples", "20", "--out", str(tmp_path), "--no-cache"]
+    assert main(argv + ["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "npvi demo: Conv2DFlipout CNN 8x8x1 > conv 8@3x3 > pool > conv 16@3x3 > pool > 10 on digits" in out
+    assert "npvi demo: for comparison, DenseFlipout MLP 64-128-10 on digits" in out
+    cnn, mlp, baseline = (_row(out, label) for label in ("Bayesian CNN", "Bayesian MLP", "baseline (ignores x)"))
+    assert cnn[0] > 0.85 > baseline[0] and cnn[1] < baseline[1] and 0 <= cnn[2] < 0.2
+    assert mlp[0] > 0.85 and mlp[1] < baseline[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "elbo.png",
+        "inference_data.nc",
+        "metrics.json",
+        "reliability.png",
+    ]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["model"] == "cnn" and metrics["estimator"] == "flipout" and metrics["epochs"] == 3
+    assert metrics["metrics"]["accuracy"] == pytest.approx(cnn[0], abs=1e-4)
+    assert metrics["mlp"]["epochs"] == 3 and metrics["mlp"]["metrics"]["nll"] == pytest.approx(mlp[1], abs=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    idata = az.from_netcdf(str(tmp_path / "inference_data.nc"))
+    assert idata.posterior["output.kernel"].shape == (1, 20, 64, 10)  # the CNN's: 2x2x16 pooled features
+    assert idata.posterior.attrs["estimator"].startswith("conv1: flipout")
+
+
+@pytest.mark.usefixtures("quick_xla")
 def test_diabetes_demo_beats_the_baseline(capsys, tmp_path):
     argv = ["demo", "--dataset", "diabetes", "--epochs", "30", "--seed", "1", "--num-samples", "100", "--no-cache"]
     assert main(argv + ["--out", str(tmp_path), "--no-progress"]) == 0
@@ -71,6 +101,8 @@ def test_diabetes_demo_beats_the_baseline(capsys, tmp_path):
         (["demo", "--seed", "x"], "--seed: expected a non-negative integer"),
         (["demo", "--dataset", "mnist"], "--dataset: invalid choice: 'mnist'"),
         (["demo", "--estimator", "bbb"], "--estimator: invalid choice: 'bbb'"),
+        (["demo", "--model", "rnn"], "--model: invalid choice: 'rnn'"),
+        (["demo", "--model", "cnn", "--dataset", "diabetes"], "--model cnn convolves images: it needs --dataset"),
         (["demo", "--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["no-such-command"], "invalid choice: 'no-such-command'"),
         ([], "the following arguments are required: COMMAND"),
@@ -85,6 +117,14 @@ def test_bad_options_exit_nonzero_with_a_message(capsys, argv, message):
     assert message in err
 
 
+def test_run_demo_rejects_a_cnn_on_tabular_data_and_unknown_models():
+    with pytest.raises(ValueError, match="model 'cnn' convolves images: it needs dataset 'digits'"):
+        run_demo("diabetes", model="cnn", out=None)
+    with pytest.raises(ValueError, match="unknown model 'rnn'"):
+        run_demo(model="rnn", out=None)
+
+
+@pytest.mark.usefixtures("quick_xla")
 def test_an_unwritable_out_directory_fails_cleanly(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
