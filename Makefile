@@ -15,10 +15,11 @@ demo: $(BIN)/python
 
 # `make test` runs ruff, then pytest: the unit tests, the doctests, the README's examples, the Sphinx
 # docs build and every notebook with small settings.
+# pytest-xdist spreads the tests over every core (-n auto); a single file runs fine without it.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/ruff check npvi tests bench docs notebooks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # HTML docs in docs/_build/html; warnings are errors.
 docs: $(BIN)/python
