@@ -169,8 +169,10 @@ class LinearVariational:
     """What every npvi layer shares: prior sites, posteriors, KL choices, the message, configs.
 
     A layer type sets ``_CONFIG_KEYS`` (its own constructor arguments, then the common
-    ones), ``linear_op``, ``_bias_shape``, ``_kernel_shape``, ``_check_rank`` and
-    ``_own_config``; a concrete class also sets ``default_estimator``.
+    ones), ``linear_op`` (:mod:`npvi.linear_ops`), ``_kernel_shape``, ``_bias_shape``,
+    ``_check_rank``, ``_own_config``, ``_kernel_dim_names`` and ``_out_dim_name``; a
+    concrete class also sets ``default_estimator``. :class:`DenseVariational` and
+    :class:`npvi.conv.ConvVariational` are the two layer types.
     """
 
     default_estimator: ClassVar[str]

@@ -345,7 +345,8 @@ class Trainer:
             if not math.isfinite(mean_loss) and not warned:
                 warnings.warn(f"fit: the mean loss of epoch {epoch} is {mean_loss}", RuntimeWarning, stacklevel=2)
                 warned = True
-        losses = jnp.asarray(np.concatenate([np.asarray(epoch_losses) for epoch_losses in losses]))
+        # device_put, not jnp.asarray: asarray compiles a small program for every new number of steps.
+        losses = jax.device_put(np.concatenate([np.asarray(epoch_losses) for epoch_losses in losses]))
         return SVIRunResult(self.svi.get_params(state), state, losses)
 
 
