@@ -28,7 +28,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from numpyro.infer import SVI
-from steps import DTYPE, LR, SHORT, log_likelihood, make_update, plain_kl, sigma
+from steps import DTYPE, LR, SHORT, log_likelihood, loss_variant, plain_kl, sigma
 from timing import Variant
 
 import npvi
@@ -255,21 +255,6 @@ def plain_loss(problem: ConvProblem, estimator: str, layer_fn: Callable = plain_
         return -(log_likelihood(problem.n, logits, y) - plain_kl(params))
 
     return loss
-
-
-def loss_variant(label: str, loss_fn: Callable, params, x, y, key: jax.Array | None = None) -> Variant:
-    """A Variant of the jitted Adam step of ``loss_fn(params, key, x, y)``, ready for ``compile_ahead``."""
-    optimizer = optax.adam(LR)
-
-    def advance(carry):
-        return variant.update(*carry[:3], x, y)
-
-    key = jax.random.PRNGKey(1) if key is None else key
-    carry = (params, optimizer.init(params), key, jnp.zeros((), DTYPE))
-    variant = Variant(label, advance, carry)
-    variant.update = jax.jit(make_update(loss_fn, optimizer))
-    variant.first_args = (*carry[:3], x, y)
-    return variant
 
 
 def plain_step(problem: ConvProblem, estimator: str, svi: SVI, state, x, y) -> Variant:

@@ -188,7 +188,8 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation):
     return update
 
 
-def _variant(label: str, loss_fn: Callable, params, x, y, key: jax.Array | None = None) -> Variant:
+def loss_variant(label: str, loss_fn: Callable, params, x, y, key: jax.Array | None = None) -> Variant:
+    """A Variant of the jitted Adam step of ``loss_fn(params, key, x, y)``, ready for ``compile_ahead``."""
     optimizer = optax.adam(LR)
 
     def advance(carry):
@@ -205,7 +206,7 @@ def _variant(label: str, loss_fn: Callable, params, x, y, key: jax.Array | None 
 def plain_step(problem: Problem, estimator: str, svi: SVI, state, x, y) -> Variant:
     """The plain-JAX step, from npvi's initial params and PRNG key: it draws what npvi draws."""
     params = params_from_npvi(problem, svi.get_params(state))
-    return _variant(f"plain JAX {SHORT[estimator]}", plain_loss(problem, estimator), params, x, y, state.rng_key)
+    return loss_variant(f"plain JAX {SHORT[estimator]}", plain_loss(problem, estimator), params, x, y, state.rng_key)
 
 
 # --------------------------------------------------------------------------- deterministic floor
@@ -233,4 +234,4 @@ def deterministic_loss(problem: Problem):
 
 
 def deterministic_step(problem: Problem, x, y) -> Variant:
-    return _variant("deterministic (plain JAX)", deterministic_loss(problem), deterministic_params(problem), x, y)
+    return loss_variant("deterministic (plain JAX)", deterministic_loss(problem), deterministic_params(problem), x, y)
