@@ -28,7 +28,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from numpyro.infer import SVI
-from steps import DTYPE, LR, SHORT, log_likelihood, loss_variant, plain_kl, sigma
+from steps import DTYPE, LR, SHORT, log_likelihood, loss_variant, plain_kl, sigma, svi_variant
 from timing import Variant
 
 import npvi
@@ -169,13 +169,7 @@ def npvi_step(problem: ConvProblem, estimator: str, x, y, seed: int = 0) -> tupl
     """``(variant, svi, initial state)``: the Variant steps ``jax.jit(svi.update)``."""
     svi, state = npvi_svi(problem, estimator, x, y, seed)
 
-    def advance(carry):
-        return variant.update(carry[0], x, y)
-
-    variant = Variant(f"npvi {SHORT[estimator]}", advance, (state, jnp.zeros((), DTYPE)))
-    variant.update = jax.jit(svi.update)
-    variant.first_args = (state, x, y)
-    return variant, svi, state
+    return svi_variant(f"npvi {SHORT[estimator]}", svi, state, x, y), svi, state
 
 
 # --------------------------------------------------------------------------- plain JAX

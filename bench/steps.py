@@ -88,13 +88,19 @@ def npvi_svi(problem: Problem, estimator: str, x, y, seed: int = 0):
 def npvi_step(problem: Problem, estimator: str, x, y, seed: int = 0) -> tuple[Variant, SVI, object]:
     svi, state = npvi_svi(problem, estimator, x, y, seed)
 
+    return svi_variant(f"npvi {SHORT[estimator]}", svi, state, x, y), svi, state
+
+
+def svi_variant(label: str, svi: SVI, state, x, y) -> Variant:
+    """A Variant that steps ``jax.jit(svi.update)`` from ``state`` on one minibatch, ready for ``compile_ahead``."""
+
     def advance(carry):
         return variant.update(carry[0], x, y)
 
-    variant = Variant(f"npvi {SHORT[estimator]}", advance, (state, jnp.zeros((), DTYPE)))
+    variant = Variant(label, advance, (state, jnp.zeros((), DTYPE)))
     variant.update = jax.jit(svi.update)
     variant.first_args = (state, x, y)
-    return variant, svi, state
+    return variant
 
 
 # --------------------------------------------------------------------------- plain JAX
