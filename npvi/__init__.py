@@ -26,12 +26,14 @@ from npvi.conv import (
     Convolution3DReparameterization,
 )
 from npvi.elbo import ELBO
+from npvi.eqx_modules import random_eqx_module
+from npvi.flax_modules import random_flax_module, random_nnx_module
 from npvi.guides import MeanFieldGuide
 from npvi.inference_data import to_inference_data
 from npvi.io import load, save
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
-from npvi.posteriors import MeanFieldNormal, PointMass
+from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass
 from npvi.predictive import Predictive
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
 from npvi.training import Trainer, fit
@@ -68,6 +70,7 @@ __all__ = [
     "KLDivergenceRegularizer",
     "MeanFieldGuide",
     "MeanFieldNormal",
+    "MopedNormal",
     "PointMass",
     "Predictive",
     "SamplePoints",
@@ -80,6 +83,9 @@ __all__ = [
     "load",
     "losses",
     "plots",
+    "random_eqx_module",
+    "random_flax_module",
+    "random_nnx_module",
     "regression_summary",
     "reliability_diagram",
     "save",

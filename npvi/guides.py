@@ -113,10 +113,13 @@ def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Lat
 def _sites_from_trace(trace: Trace) -> Sites:
     """The layer weights and other latent sites of a model trace; checks concrete observed data (NaN, support)."""
     full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
-    weights = []
+    weights, seen = [], set()
     for site in trace.values():
         if site["type"] == LINEAR_MESSAGE:
             for name, posterior, tensor_fn in site["kwargs"]["layer"].variational_weights():
+                if name in seen:  # a converted network's layer called twice (shared weights)
+                    continue
+                seen.add(name)
                 value = trace[name]["value"]
                 weights.append(_Weight(name, posterior, tensor_fn, tuple(jnp.shape(value)), jnp.result_type(value)))
     check_observed(trace)

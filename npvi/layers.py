@@ -160,9 +160,34 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
             f"layer {layer.name!r}: {estimator} draws random numbers, so the model "
             "must run under numpyro.handlers.seed (SVI and Predictive do this)"
         )
+    if layer.example_axis is not None:  # one example per call, under jax.vmap(..., axis_name=example_axis)
+        rng_key = jax.random.fold_in(rng_key, jax.lax.axis_index(layer.example_axis))
     if estimator == estimators.LOCAL_REPARAMETERIZATION:
         return estimators.local_reparameterization(rng_key, x, loc, scale, bias, op=op)
     return estimators.flipout(rng_key, x, loc, kernel - loc, bias, op=op)
+
+
+def apply_linear(
+    layer: Any, name: str, x: jax.Array, kernel: jax.Array, bias: jax.Array | None, kernel_posterior: Any
+) -> jax.Array:
+    """Send the ``npvi_linear`` message of one layer call and return its output (before the activation).
+
+    ``layer`` is the object the guide, :class:`npvi.ELBO`, the estimator handlers and
+    ``to_inference_data`` read: a :class:`LinearVariational`, or a layer of a converted
+    Flax or Equinox network (:mod:`npvi.networks`).
+    """
+    msg = {
+        "type": LINEAR_MESSAGE,
+        "name": name,
+        "fn": _forward,
+        "args": (x, kernel, bias),
+        "kwargs": {"estimator": None, "layer": layer, "kernel_posterior": kernel_posterior},
+        "value": None,
+        "scale": None,
+        "infer": {},
+        "cond_indep_stack": [],
+    }
+    return apply_stack(msg)["value"]
 
 
 class LinearVariational:
@@ -177,6 +202,8 @@ class LinearVariational:
 
     default_estimator: ClassVar[str]
     _CONFIG_KEYS: ClassVar[tuple[str, ...]]
+    #: npvi's layers see a whole batch; a converted Equinox layer sees one example (see ``_forward``).
+    example_axis: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -366,22 +393,7 @@ class LinearVariational:
         elif self.use_bias:
             prior = self._prior(self.bias_prior, "bias_prior", bias_shape, x.dtype)
             bias = self._check_weight(_sample_site(self.name, self.bias_site, prior), bias_shape)
-        msg = {
-            "type": LINEAR_MESSAGE,
-            "name": self.name,
-            "fn": _forward,
-            "args": (x, kernel, bias),
-            "kwargs": {
-                "estimator": None,
-                "layer": self,
-                "kernel_posterior": kernel_msg["infer"].get(POSTERIOR_KEY),
-            },
-            "value": None,
-            "scale": None,
-            "infer": {},
-            "cond_indep_stack": [],
-        }
-        out = apply_stack(msg)["value"]
+        out = apply_linear(self, self.name, x, kernel, bias, kernel_msg["infer"].get(POSTERIOR_KEY))
         if self.activation is not None:
             out = self.activation(out)
         if self.activity_regularizer is not None:

@@ -101,4 +101,51 @@ class PointMass:
         return dist.Delta(loc, event_dim=len(shape))
 
 
-Posterior = MeanFieldNormal | PointMass
+@dataclass(frozen=True, eq=False)
+class MopedNormal:
+    r"""A mean-field Normal started at trained weights :math:`w` (MOPED, Krishnan et al. 2020).
+
+    .. math::
+        \mu_0 = w, \qquad \sigma_0 = \delta\,|w|
+
+    so a network converted from a trained deterministic one starts where that network is,
+    with a relative uncertainty ``delta`` (bayesian-torch's default is 0.1). The
+    parameters are :class:`MeanFieldNormal`'s: ``"<site>.loc"`` and
+    ``"<site>.untransformed_scale"`` (:math:`\sigma = \operatorname{softplus}(u) +
+    \varepsilon`); a weight of exactly 0 starts at the smallest scale, :math:`\varepsilon`.
+    ``weights`` must be concrete (the trained arrays, not values computed in a trace).
+
+    >>> import jax.numpy as jnp, numpyro
+    >>> q = numpyro.handlers.seed(MopedNormal(jnp.array([1.0, -2.0]), 0.1), 0)("w", (2,), jnp.float32)
+    >>> [round(float(s), 4) for s in q.base_dist.scale]
+    [0.1, 0.2]
+    """
+
+    weights: jax.Array
+    delta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.delta, bool) or not isinstance(self.delta, int | float) or not self.delta > 0:
+            raise ValueError(f"MopedNormal: delta must be a positive number, got {self.delta!r}")
+
+    def __call__(self, site: str, shape: tuple[int, ...], dtype) -> dist.Distribution:
+        """Create the parameters (inside a guide) and return ``q``."""
+        if tuple(jnp.shape(self.weights)) != tuple(shape):
+            raise ValueError(
+                f"MopedNormal: the trained weights of {site!r} have shape {tuple(jnp.shape(self.weights))}, "
+                f"but the site has shape {tuple(shape)}"
+            )
+
+        def loc_init(_rng_key: jax.Array) -> jax.Array:
+            return jnp.asarray(self.weights, dtype)
+
+        def untransformed_scale_init(_rng_key: jax.Array) -> jax.Array:
+            scale = jnp.maximum(self.delta * jnp.abs(jnp.asarray(self.weights, dtype)), jnp.finfo(dtype).tiny)
+            return jnp.log(jnp.expm1(scale))
+
+        loc = numpyro.param(f"{site}.loc", loc_init)
+        untransformed_scale = numpyro.param(f"{site}.untransformed_scale", untransformed_scale_init)
+        return dist.Normal(loc, softplus_scale(untransformed_scale)).to_event(len(shape))
+
+
+Posterior = MeanFieldNormal | PointMass | MopedNormal

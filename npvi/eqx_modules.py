@@ -1,0 +1,140 @@
+r"""Make an Equinox network Bayesian: :func:`random_eqx_module`.
+
+It mirrors NumPyro's :func:`~numpyro.contrib.module.random_eqx_module`: the same arguments first,
+the same sample-site names (``"<name>/<key path>"``, ``"net/layers[0].weight"``) and priors. Every
+``eqx.nn.Linear`` and ``eqx.nn.Conv`` (1-D, 2-D, 3-D) whose weight has a prior becomes an npvi
+layer, so Flipout (the default) or local reparameterization acts on it (see :mod:`npvi.networks`).
+
+An Equinox network maps one example; a batch goes through ``jax.vmap``. Flipout and local
+reparameterization draw fresh noise per example, so npvi does the ``vmap`` itself, with the axis
+name :data:`EXAMPLE_AXIS`, and each converted layer folds the example's index into its key. The
+callable it returns therefore takes a batch: ``net(x)``, not ``jax.vmap(net)(x)``.
+
+Equinox is an optional extra: ``pip install 'npvi[equinox]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from npvi.estimators import FLIPOUT
+from npvi.networks import Deterministic, LayerSpec, ModuleOp, Parameter, PriorSpec, check_options, convert
+
+#: The ``jax.vmap`` axis name over the examples of a batch, which converted Equinox layers read.
+EXAMPLE_AXIS = "npvi_example"
+
+
+def _import(owner: str) -> Any:
+    try:
+        import equinox
+    except ImportError as error:
+        raise ImportError(f"{owner} needs Equinox, an optional extra of npvi: pip install 'npvi[equinox]'") from error
+    return equinox
+
+
+def _name(path: tuple[Any, ...]) -> str:
+    """NumPyro's name for a key path: ``jax.tree_util.keystr`` without its leading dot."""
+    name = jax.tree_util.keystr(path)
+    return name[1:] if name.startswith(".") else name
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _forward(eqx: Any, layer: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The Equinox layer's own call on one example, with another weight and a zero bias."""
+
+    def forward(x: jax.Array, weight: jax.Array) -> jax.Array:
+        if layer.bias is None:
+            return eqx.tree_at(lambda m: m.weight, layer, weight)(x)
+        plain = eqx.tree_at(lambda m: (m.weight, m.bias), layer, (weight, jnp.zeros_like(layer.bias)))
+        return plain(x)
+
+    return forward
+
+
+def random_eqx_module(
+    name: str,
+    nn_module: Any,
+    prior: PriorSpec,
+    scope_divider: str = "/",
+    *,
+    estimator: str = FLIPOUT,
+    moped: float | None = None,
+    deterministic: Deterministic = (),
+    kl: Any = "exact",
+) -> Callable[..., Any]:
+    r"""An Equinox network with priors on its parameters and npvi's estimators on its layers.
+
+    NumPyro's :func:`~numpyro.contrib.module.random_eqx_module` with the same ``name``,
+    ``nn_module``, ``prior`` and ``scope_divider``; the sites are ``"<name>/<key path>"``. Every
+    ``eqx.nn.Linear`` and ``eqx.nn.Conv`` whose weight has a prior becomes an npvi layer under
+    ``estimator``; the module's other inexact arrays are point estimates starting at their values.
+    ``moped``, ``deterministic`` and ``kl`` are :func:`npvi.random_flax_module`'s.
+
+    Returns ``net(*batch, **kwargs)``: the network mapped over axis 0 of every positional argument
+    (``jax.vmap`` with ``axis_name=EXAMPLE_AXIS``); keyword arguments are shared by the batch.
+
+    >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> import equinox as eqx
+    >>> import npvi
+    >>> mlp = eqx.nn.MLP(3, 1, width_size=8, depth=1, key=jax.random.PRNGKey(0))
+    >>> def model(x):
+    ...     return npvi.random_eqx_module("mlp", mlp, dist.Normal(0, 1))(x)
+    >>> with numpyro.handlers.seed(rng_seed=0):
+    ...     model(jnp.ones((4, 3))).shape
+    (4, 1)
+    """
+    owner = f"npvi.random_eqx_module({name!r})"
+    eqx = _import(owner)
+    check_options(owner, name, estimator, moped, kl)
+    if not isinstance(nn_module, eqx.Module):
+        raise TypeError(f"{owner}: nn_module must be an equinox.Module, got {type(nn_module).__name__}")
+    params, static = eqx.partition(nn_module, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    parameters = [Parameter(_name(path), tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in leaves]
+
+    def is_layer(node: Any) -> bool:
+        return type(node) in (eqx.nn.Linear, eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+
+    layers, unconvertible, order = [], {}, []
+    for path, node in jax.tree_util.tree_flatten_with_path(nn_module, is_leaf=is_layer)[0]:
+        if is_layer(node):
+            layer_path = _name(path)
+            spatial = tuple(range(-node.num_spatial_dims, 0)) if isinstance(node, eqx.nn.Conv) else ()
+            bias = _child(layer_path, "bias") if node.bias is not None else None
+            layers.append(LayerSpec(layer_path, type(node).__name__, _child(layer_path, "weight"), bias,
+                                    ModuleOp(_forward(eqx, node), spatial)))  # fmt: skip
+            order.append(layer_path)
+    for path, node in jax.tree_util.tree_flatten_with_path(
+        nn_module, is_leaf=lambda node: isinstance(node, eqx.nn.ConvTranspose)
+    )[0]:
+        if isinstance(node, eqx.nn.ConvTranspose):
+            unconvertible[_name(path)] = f"equinox.nn.{type(node).__name__}"
+    values, converted = convert(
+        owner, name, parameters, layers, unconvertible, prior,
+        estimator=estimator, moped=moped, deterministic=deterministic, kl=kl, example_axis=EXAMPLE_AXIS,
+        supported="equinox.nn.Linear, equinox.nn.Conv", divider=scope_divider,
+    )  # fmt: skip
+    network = eqx.combine(jax.tree_util.tree_unflatten(treedef, [values[_name(path)] for path, _ in leaves]), static)
+    if converted:
+        proxies = [converted.get(path) for path in order]
+
+        def layers_of(tree: Any) -> list[Any]:
+            nodes = [node for node in jax.tree_util.tree_leaves(tree, is_leaf=is_layer) if is_layer(node)]
+            return [node for node, proxy in zip(nodes, proxies, strict=True) if proxy is not None]
+
+        if order == [""]:  # the network is one layer
+            network = converted[""]
+        else:
+            network = eqx.tree_at(layers_of, network, [proxy for proxy in proxies if proxy is not None])
+
+    def net(*batch: Any, **kwargs: Any) -> Any:
+        return jax.vmap(lambda *example: network(*example, **kwargs), axis_name=EXAMPLE_AXIS)(*batch)
+
+    return net
