@@ -39,6 +39,7 @@ from numpyro import distributions as dist
 from npvi import estimators
 from npvi.layers import POSTERIOR_KEY, _check_kl, _sample_site, apply_linear
 from npvi.posteriors import MeanFieldNormal, MopedNormal, Posterior
+from npvi.validation import is_concrete
 
 PriorSpec = (
     dist.Distribution
@@ -268,6 +269,12 @@ def convert(
         trained = by_path[path].value
         if trained is None:
             raise ValueError(f"{owner}: moped needs the trained weights, but {path!r} has none (give params=)")
+        if not is_concrete(trained):
+            raise ValueError(
+                f"{owner}: moped needs the trained weights as arrays, but {path!r} is computed inside the model; "
+                "build (and train) the module outside the model and use it there, as NumPyro's "
+                "random_*_module expects"
+            )
         return MopedNormal(trained, float(moped))
 
     for parameter in parameters:
