@@ -33,6 +33,8 @@ def test_readme_examples_run_and_print_what_they_claim(capsys):
     # the ArviZ example prints the share of unreliable LOO points it then explains
     assert re.search(r"^elpd_loo [-\d.]+; Pareto k > 0.7 for \d+% of the points$", printed, flags=re.MULTILINE)
     assert "PSIS-LOO's own diagnostic" in README.read_text()
+    # the Flax example trains the converted network's posteriors
+    assert "['mlp/layers.0.bias.loc', 'mlp/layers.0.bias.untransformed_scale']" in printed.splitlines()
 
 
 MAKE_TEST = (
