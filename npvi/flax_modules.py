@@ -13,7 +13,7 @@ Flax is an optional extra: ``pip install 'npvi[flax]'``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -45,7 +45,7 @@ def _child(path: str, name: str) -> str:
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """A nested dict of parameters as ``{"a.b.kernel": leaf}``, NumPyro's names."""
-    if not isinstance(tree, dict):
+    if not isinstance(tree, Mapping):  # dicts, and Flax's FrozenDict
         return {prefix: tree}
     out = {}
     for key, value in tree.items():
@@ -54,7 +54,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _unflatten_into(tree: Any, values: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(tree, dict):
+    if not isinstance(tree, Mapping):
         return values[prefix]
     return {key: _unflatten_into(value, values, _child(prefix, str(key))) for key, value in tree.items()}
 
@@ -152,7 +152,7 @@ def random_flax_module(
     tree_shapes = variables.get("params", {})
     shapes = _flatten(tree_shapes)
     if params is not None:
-        trained = _flatten(params["params"] if set(params) == {"params"} else params)
+        trained = _flatten(params["params"] if set(params) == {"params"} else params)  # variables or the tree
         _check_trained(owner, shapes, trained)
     elif moped is not None:
         raise ValueError(f"{owner}: moped starts the posteriors at trained weights; give them as params=")
@@ -215,7 +215,7 @@ def _replace(root: Any, path: tuple[Any, ...], new: Any) -> Any:
     if isinstance(path[-1], int):
         parent[path[-1]] = new
     else:
-        object.__setattr__(parent, path[-1], new)  # a plain callable in place of the layer, for this call only
+        setattr(parent, path[-1], new)  # a plain callable in place of the layer, in this copy only
     return root
 
 
