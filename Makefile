@@ -18,7 +18,7 @@ demo: $(BIN)/python
 # pytest-xdist spreads the tests over every core (-n auto); a single file runs fine without it.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/ruff check npvi tests bench docs notebooks
+	$(BIN)/ruff check npvi tests bench docs notebooks examples
 	$(BIN)/python -m pytest -n auto
 
 # HTML docs in docs/_build/html; warnings are errors.

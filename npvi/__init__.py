@@ -7,7 +7,7 @@ lives in a guide, the estimators are effect handlers, and the KL is part of the
 ELBO.
 """
 
-from npvi import handlers, losses, plots, serialization
+from npvi import handlers, losses, plots, serialization, sharding
 from npvi.conv import (
     Conv1DFlipout,
     Conv1DLocalReparameterization,
@@ -91,5 +91,6 @@ __all__ = [
     "save",
     "to_inference_data",
     "serialization",
+    "sharding",
     "__version__",
 ]

@@ -12,6 +12,11 @@ one after another (:func:`jax.lax.map`), so the peak memory is about
 Each draw runs the model with the drawn weights substituted, so the network is
 one function sample :math:`f_{W_s}` for all inputs (no estimator noise), as in
 NumPyro's ``Predictive``.
+
+With ``mesh=`` (see :mod:`npvi.sharding`) the same program runs over several
+devices: ``shard="draws"`` spreads each chunk of draws over the mesh's data axis,
+``shard="inputs"`` spreads the examples of the inputs; the keys, and so the numbers,
+are those of one device.
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro import handlers
 
+from npvi.sharding import axis_size, examples_sharding, is_array, place, place_tree, replicated, resolve_mesh
 from npvi.tracing import Static, partition
 from npvi.validation import check_numeric
+
+#: What ``Predictive(shard=...)`` spreads over the mesh.
+SHARD_CHOICES = ("draws", "inputs")
 
 Trace = dict[str, dict[str, Any]]
 
@@ -71,7 +82,12 @@ def traced_draw(
 
 
 def chunked_draws(
-    draw: Callable[[jax.Array], dict[str, jax.Array]], rng_key: jax.Array, num_samples: int, chunk_size: int
+    draw: Callable[[jax.Array], dict[str, jax.Array]],
+    rng_key: jax.Array,
+    num_samples: int,
+    chunk_size: int,
+    *,
+    spread: tuple[Mesh, str] | None = None,
 ) -> dict[str, jax.Array]:
     """Stack ``draw(key)`` over ``jax.random.split(rng_key, num_samples)``, ``chunk_size`` keys at a time.
 
@@ -80,14 +96,37 @@ def chunked_draws(
     ``num_samples`` is. The keys do not depend on ``chunk_size``, so neither do the
     numbers (up to the order of floating-point sums). A pure function: call it inside
     a compiled program.
+
+    ``spread=(mesh, axis)`` splits every chunk over the ``n`` devices of ``axis``
+    (``chunk_size`` is rounded up to a multiple of ``n``; each device runs its
+    ``chunk_size / n`` draws), and the draws are gathered onto every device at the
+    end (replicated); the keys, and so the draws, stay the same.
     """
     chunk_size = min(chunk_size, num_samples)
+    if spread is not None:
+        n = axis_size(*spread)
+        chunk_size = -(-chunk_size // n) * n
     num_chunks = -(-num_samples // chunk_size)
     keys = jax.random.split(rng_key, num_samples)
-    padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
-    chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
-    stacked = jax.lax.map(jax.vmap(draw), chunks)
-    return {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
+    if spread is None:
+        padded = jnp.concatenate([keys, keys[: num_chunks * chunk_size - num_samples]])
+        chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
+        stacked = jax.lax.map(jax.vmap(draw), chunks)
+    else:
+        padded = keys[jnp.arange(num_chunks * chunk_size) % num_samples]  # pads with repeats, discarded below
+        chunks = padded.reshape((num_chunks, chunk_size) + keys.shape[1:])
+        spread_draws = NamedSharding(spread[0], PartitionSpec(spread[1]))
+
+        def spread_chunk(chunk: jax.Array) -> dict[str, jax.Array]:
+            chunk = jax.lax.with_sharding_constraint(chunk, spread_draws)
+            return jax.lax.with_sharding_constraint(jax.vmap(draw)(chunk), spread_draws)
+
+        chunks = jax.lax.with_sharding_constraint(chunks, NamedSharding(spread[0], PartitionSpec(None, spread[1])))
+        stacked = jax.lax.map(spread_chunk, chunks)
+    draws = {name: value.reshape((-1,) + value.shape[2:])[:num_samples] for name, value in stacked.items()}
+    if spread is not None:  # gathered once at the end, onto every device
+        draws = jax.lax.with_sharding_constraint(draws, NamedSharding(spread[0], PartitionSpec()))
+    return draws
 
 
 def _predictions(guide_trace: Trace, model_trace: Trace, return_sites: tuple[str, ...] | None) -> list[str]:
@@ -116,15 +155,24 @@ def _predictive_program(
     arrays: list[jax.Array],
     *,
     static: Static,
+    spread: tuple[Mesh, str, str] | None = None,
 ) -> dict[str, jax.Array]:
+    """``spread=(mesh, data_axis, shard)``: the draws (``"draws"``) or the positional inputs (``"inputs"``) split."""
     args, kwargs = static.rebuild(arrays)
+    if spread is not None and spread[2] == "inputs":
+        examples = NamedSharding(spread[0], PartitionSpec(spread[1]))
+        args = tuple(
+            jax.lax.with_sharding_constraint(arg, examples) if isinstance(arg, jax.Array) and arg.ndim else arg
+            for arg in args
+        )
 
     def draw(key: jax.Array) -> dict[str, jax.Array]:
         guide_trace, model_trace = traced_draw(model, guide, params, key, *args, **kwargs)
         sites = _predictions(guide_trace, model_trace, return_sites)
         return {name: jnp.asarray(model_trace[name]["value"]) for name in sites}
 
-    return chunked_draws(draw, rng_key, num_samples, chunk_size)
+    draws_spread = spread[:2] if spread is not None and spread[2] == "draws" else None
+    return chunked_draws(draw, rng_key, num_samples, chunk_size, spread=draws_spread)
 
 
 class Predictive:
@@ -145,6 +193,25 @@ class Predictive:
     All the draws are one compiled program, which the ``Predictive`` keeps: a later
     call with inputs of the same shapes (and the same non-array arguments) reuses it.
     The params and the inputs are the program's arguments, not constants inside it.
+
+    Over several devices (``mesh=``, a :class:`jax.sharding.Mesh` with an axis named
+    ``data_axis``, or ``"all"``; see :mod:`npvi.sharding`) the params are replicated and
+
+    * ``shard="draws"`` (the default) splits each chunk of draws over the devices of
+      ``data_axis``: ``chunk_size`` is rounded up to a multiple of their number ``n``,
+      and each device holds ``chunk_size / n`` draws at a time. The outputs are
+      gathered at the end and come back replicated (every device, and every process,
+      holds them all);
+    * ``shard="inputs"`` splits the examples (first axis) of every positional array
+      argument over the devices, so each device runs every draw on ``1 / n`` of the
+      inputs; their length must be a multiple of ``n`` (``ValueError`` otherwise).
+      Keyword arguments are replicated. The outputs stay where the partitioner leaves
+      them: a per-example site comes back split over its example axis (across
+      processes, gather it with
+      ``jax.experimental.multihost_utils.process_allgather``).
+
+    Either way each draw comes from the same key of ``split(rng_key, num_samples)``,
+    so the numbers are those of one device up to the order of floating-point sums.
 
     >>> import jax, jax.numpy as jnp, optax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import SVI
@@ -171,28 +238,59 @@ class Predictive:
         *,
         chunk_size: int = 100,
         return_sites: Sequence[str] | None = None,
+        mesh: Mesh | str | None = None,
+        data_axis: str = "data",
+        shard: str = "draws",
     ) -> None:
         self.model = model
         self.guide = guide
-        self.params = params
         self.num_samples = _check_count("Predictive", "num_samples", num_samples)
         self.chunk_size = _check_count("Predictive", "chunk_size", chunk_size)
         self.return_sites = None if return_sites is None else list(return_sites)
-        self._program = jax.jit(
-            functools.partial(
-                _predictive_program,
-                model,
-                guide,
-                None if return_sites is None else tuple(return_sites),
-                self.num_samples,
-                self.chunk_size,
-            ),
-            static_argnames=("static",),
+        if shard not in SHARD_CHOICES:
+            raise ValueError(f"Predictive: shard must be one of {SHARD_CHOICES}, got {shard!r}")
+        self.mesh = resolve_mesh("Predictive", mesh, data_axis)
+        self.data_axis = data_axis
+        self.shard = shard
+        self._replicated = None if self.mesh is None else replicated(self.mesh)
+        self.params = self._replicate(params)  # placed once on the mesh
+        program = functools.partial(
+            _predictive_program,
+            model,
+            guide,
+            None if return_sites is None else tuple(return_sites),
+            self.num_samples,
+            self.chunk_size,
         )
+        if self.mesh is not None:
+            program = functools.partial(program, spread=(self.mesh, data_axis, shard))
+        self._program = jax.jit(program, static_argnames=("static",))
+
+    def _replicate(self, tree: Any) -> Any:
+        return tree if self._replicated is None else place_tree(tree, self._replicated)
+
+    def _place_input(self, position: int, arg: Any) -> Any:
+        """A positional array split over its examples (``shard="inputs"``); anything else replicated."""
+        if not is_array(arg) or not np.ndim(arg):
+            return self._replicate(arg)
+        n, length = axis_size(self.mesh, self.data_axis), np.shape(arg)[0]
+        if length % n:
+            raise ValueError(
+                f"Predictive: shard='inputs' splits the {length} examples of argument {position} over the {n} "
+                f"devices of mesh axis {self.data_axis!r}, but {length} is not a multiple of {n}; pad the inputs "
+                f"to {-(-length // n) * n} examples, or use shard='draws'"
+            )
+        return place(arg, examples_sharding(self.mesh, self.data_axis))
 
     def __call__(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Draw ``{site: (num_samples, ...)}`` for the model inputs ``args, kwargs``."""
         for what, value in [*enumerate(args), *kwargs.items()]:
             check_numeric("Predictive", f"argument {what!r}", value)
+        if self.mesh is not None:
+            rng_key, kwargs = self._replicate((rng_key, kwargs))
+            if self.shard == "inputs":
+                args = tuple(self._place_input(position, arg) for position, arg in enumerate(args))
+            else:
+                args = self._replicate(args)
         arrays, static = partition((args, kwargs))
-        return self._program(rng_key, self.params, arrays, static=static)
+        return self._program(rng_key, self._replicate(self.params), arrays, static=static)

@@ -18,6 +18,10 @@ full-data ELBO
 
     \mathcal{L} = \sum_{\ell} \mathrm{KL}(q_\ell \,\|\, p_\ell)
     - \frac{N}{B} \sum_{i \in \text{batch}} \log p(y_i \mid x_i, W).
+
+With ``mesh=`` the batch of :math:`B` rows is split over the devices and the sum
+over it becomes per-device partial sums and one all-reduce; :math:`N`, :math:`B`
+and the KL are those of the whole minibatch, so :math:`\mathcal{L}` is unchanged.
 """
 
 from __future__ import annotations
@@ -33,12 +37,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 from numpyro import handlers
 from numpyro.infer.svi import SVI, SVIRunResult, SVIState
 from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter kernels without ipywidgets
 
 from npvi.elbo import ELBO
 from npvi.guides import MeanFieldGuide
+from npvi.sharding import (
+    check_batch_divides,
+    examples_sharding,
+    local_rows,
+    place_data,
+    place_tree,
+    replicated,
+    resolve_mesh,
+)
 from npvi.tracing import Static, eval_static, partition
 from npvi.validation import check_finite, check_numeric, check_observed, is_concrete
 
@@ -78,7 +92,7 @@ def _check_data(data: tuple[Any, ...], batch_size: int) -> int:
                 f"got {type(array).__name__} with shape {getattr(array, 'shape', None)}"
             )
         check_numeric("fit", f"data argument {position}", array)
-        check_finite("fit", f"data argument {position}", array)
+        check_finite("fit", f"data argument {position}", local_rows("fit", array))
         lengths.append(int(array.shape[0]))
     if len(set(lengths)) != 1:
         raise ValueError(f"fit: every data array must have the same length on axis 0, got lengths {lengths}")
@@ -139,10 +153,16 @@ def _init_program(
     arrays: list,
     *,
     static: Static,
+    shardings: tuple[NamedSharding, NamedSharding] | None = None,
 ) -> SVIState:
-    """``svi.init(split(rng_key)[0], *first minibatch, init_params=..., **kwargs)``."""
+    """``svi.init(split(rng_key)[0], *first minibatch, init_params=..., **kwargs)``.
+
+    With ``shardings = (batch, replicated)`` (a mesh), the minibatch is constrained to ``batch``.
+    """
     kwargs = static.rebuild(arrays)
     batch = tuple(array[:batch_size] for array in data)
+    if shardings is not None:
+        batch = jax.lax.with_sharding_constraint(batch, shardings[0])
     return svi.init(jax.random.split(rng_key)[0], *batch, init_params=init_params, **kwargs)
 
 
@@ -166,11 +186,15 @@ def _epoch_program(
     arrays: list,
     *,
     static: Static,
+    shardings: tuple[NamedSharding, NamedSharding] | None = None,
 ) -> tuple[SVIState, jax.Array, jax.Array]:
     """One epoch: its rows from ``fold_in(split(rng_key)[1], epoch)``, then an SVI step on each minibatch.
 
     Step ``t`` of the run (counted from 0 over the epochs of one call) uses
-    ``kl_weight = kl_schedule(t)`` when there is a schedule.
+    ``kl_weight = kl_schedule(t)`` when there is a schedule. With
+    ``shardings = (batch, replicated)`` (a mesh), every minibatch is constrained to
+    ``batch`` and the state after every step to ``replicated``; nothing else changes,
+    so the rows, the keys and the numbers are those of one device.
     """
     kwargs = static.rebuild(arrays)
     num_data = data[0].shape[0]
@@ -184,7 +208,11 @@ def _epoch_program(
         batch, t = inputs
         step_svi = svi if kl_schedule is None else _with_kl_weight(svi, kl_schedule(t))
         update = step_svi.stable_update if stable_update else step_svi.update
-        return update(state, *(array[batch] for array in data), **kwargs)
+        if shardings is None:
+            return update(state, *(array[batch] for array in data), **kwargs)
+        minibatch = jax.lax.with_sharding_constraint(tuple(array[batch] for array in data), shardings[0])
+        state, loss = update(state, *minibatch, **kwargs)
+        return jax.lax.with_sharding_constraint(state, shardings[1]), loss
 
     state, losses = jax.lax.scan(step, state, (rows, steps))
     return state, losses, jnp.mean(losses)
@@ -216,6 +244,17 @@ class Trainer:
     ``numpyro.plate("data", num_data, subsample_size=B)`` gives the likelihood; without it
     the KL would outweigh the data ``N / B``-fold, silently. A model that scales its
     likelihood another way passes ``check_scale=False``.
+
+    ``mesh`` (a :class:`jax.sharding.Mesh` with an axis named ``data_axis``, or ``"all"``
+    for one axis over :func:`jax.devices`) makes the same epochs data-parallel: every
+    minibatch is split over the :math:`n` devices of ``data_axis`` (so ``batch_size``
+    must be a multiple of :math:`n`, ``ValueError`` otherwise), the params, the optimizer
+    state and the keys are replicated, and the data are placed on the mesh once per call,
+    sharded over their examples where :math:`n` divides their number and replicated
+    otherwise (:func:`npvi.sharding.place_data`). The permutation, the minibatches and the
+    keys do not depend on the mesh, so the losses are those of one device up to the order
+    of the sums over the minibatch (about 1e-6 relative in float32). Across processes, pass
+    global arrays (:func:`npvi.sharding.global_data`). See :doc:`scaling`.
 
     The programs belong to the trainer: calling it again with data of the same shapes
     and the same non-array keyword arguments compiles nothing, and dropping the trainer
@@ -249,6 +288,8 @@ class Trainer:
         stable_update: bool = False,
         kl_schedule: Callable[[jax.Array], jax.Array] | None = None,
         check_scale: bool = True,
+        mesh: Mesh | str | None = None,
+        data_axis: str = "data",
     ) -> None:
         if not isinstance(svi, SVI):
             raise TypeError(f"Trainer: expected a numpyro.infer.SVI, got {type(svi).__name__}")
@@ -266,16 +307,28 @@ class Trainer:
         self.stable_update = bool(stable_update)
         self.kl_schedule = kl_schedule
         self.check_scale = bool(check_scale)
+        self.mesh = resolve_mesh("fit", mesh, data_axis)
+        self.data_axis = data_axis
         self._checked: set[tuple] = set()  # data shapes and settings whose data and scales were checked
-        self._init = (
-            jax.jit(functools.partial(_init_program, svi, self.batch_size), static_argnames=("static",))
-            if isinstance(svi.guide, MeanFieldGuide)
-            else None
-        )
-        self._epoch = jax.jit(
-            functools.partial(_epoch_program, svi, self.stable_update, self.batch_size, self.shuffle, kl_schedule),
-            static_argnames=("static",),
-        )
+        init = functools.partial(_init_program, svi, self.batch_size)
+        epoch = functools.partial(_epoch_program, svi, self.stable_update, self.batch_size, self.shuffle, kl_schedule)
+        if self.mesh is None:
+            self._replicated = None
+            jit = functools.partial(jax.jit, static_argnames=("static",))
+        else:
+            check_batch_divides("fit", self.batch_size, self.mesh, data_axis)
+            self._replicated = replicated(self.mesh)
+            shardings = (examples_sharding(self.mesh, data_axis), self._replicated)
+            init = functools.partial(init, shardings=shardings)
+            epoch = functools.partial(epoch, shardings=shardings)
+            jit = functools.partial(jax.jit, static_argnames=("static",), out_shardings=self._replicated)
+        self._init = jit(init) if isinstance(svi.guide, MeanFieldGuide) else None
+        self._init_eager = init
+        self._epoch = jit(epoch)
+
+    def _replicate(self, tree: Any) -> Any:
+        """``tree`` replicated over the mesh (placed once; a no-op where it is already); as it is without a mesh."""
+        return tree if self._replicated is None else place_tree(tree, self._replicated)
 
     def _prepare(self, data: tuple, kwargs: dict[str, Any]) -> tuple[tuple[jax.Array, ...], list, Static]:
         """Check the data and the model, and split the keyword arguments (with ``num_data``) for the programs."""
@@ -290,10 +343,15 @@ class Trainer:
             )
         kwargs = {**kwargs, NUM_DATA: num_data}
         arrays, static = partition(kwargs)
-        data = tuple(jnp.asarray(array) for array in data)
+        if self.mesh is None:
+            data = tuple(jnp.asarray(array) for array in data)
+        else:  # placed once per call: sharded over the examples where their number divides, else replicated
+            data = place_data(self.mesh, *data, data_axis=self.data_axis)
+            arrays = self._replicate(arrays)
         shapes = tuple((array.shape, array.dtype) for array in data)
         if (shapes, static) not in self._checked:
-            _check_observed_data(self.svi.model, data, kwargs)
+            local = tuple(local_rows("fit", array) for array in data)  # each process checks the rows it holds
+            _check_observed_data(self.svi.model, local, kwargs)
             if self.check_scale and self.batch_size < num_data:
                 batch = tuple(jax.ShapeDtypeStruct((self.batch_size, *array.shape[1:]), array.dtype) for array in data)
                 _check_scales(_observed_scales(self.svi.model, batch, kwargs), num_data, self.batch_size)
@@ -308,15 +366,17 @@ class Trainer:
         return self._run_init(rng_key, data, init_params, arrays, static)
 
     def _run_init(self, rng_key: jax.Array, data: tuple, init_params: dict | None, arrays: list, static: Static):
+        rng_key, init_params = self._replicate((rng_key, init_params))
         if self._init is not None:
             return self._init(rng_key, data, init_params, arrays, static=static)
-        return _init_program(self.svi, self.batch_size, rng_key, data, init_params, arrays, static=static)
+        return self._replicate(self._init_eager(rng_key, data, init_params, arrays, static=static))
 
     def epoch(
         self, state: SVIState, rng_key: jax.Array, epoch: int, *data: jax.Array, **kwargs: Any
     ) -> tuple[SVIState, jax.Array]:
         """Epoch number ``epoch`` (from 1): the new state and the loss of each of its ``N // batch_size`` steps."""
         data, arrays, static = self._prepare(data, kwargs)
+        state, rng_key = self._replicate((state, rng_key))
         state, losses, _ = self._epoch(state, rng_key, epoch, data, arrays, static=static)
         return state, losses
 
@@ -333,7 +393,9 @@ class Trainer:
         """Train for ``num_epochs`` epochs; the arguments and the result are those of :func:`npvi.fit`."""
         num_epochs = _check_positive_int("fit", "num_epochs", num_epochs)
         data, arrays, static = self._prepare(data, kwargs)
+        rng_key = self._replicate(rng_key)
         state = self._run_init(rng_key, data, init_params, arrays, static) if init_state is None else init_state
+        state = self._replicate(state)
         losses = []
         warned = False
         epochs = tqdm(range(1, num_epochs + 1), disable=not progress_bar, desc="fit", unit="epoch")
@@ -363,6 +425,8 @@ def fit(
     check_scale: bool = True,
     init_state: SVIState | None = None,
     init_params: dict[str, jax.Array] | None = None,
+    mesh: Mesh | str | None = None,
+    data_axis: str = "data",
     **kwargs: Any,
 ) -> SVIRunResult:
     r"""Train ``svi`` for ``num_epochs`` passes over minibatches of ``data``.
@@ -392,7 +456,12 @@ def fit(
     * a progress bar (``progress_bar=False`` switches it off) shows the mean
       ELBO estimate of the last epoch; a non-finite epoch loss gives a
       :class:`RuntimeWarning` once, and training goes on as
-      :meth:`~numpyro.infer.SVI.run` does.
+      :meth:`~numpyro.infer.SVI.run` does;
+    * ``mesh`` (a :class:`jax.sharding.Mesh` with an axis named ``data_axis``, or
+      ``"all"`` for every device) trains data-parallel: each minibatch is split over
+      the devices of ``data_axis`` and the params are replicated, with the losses of
+      one device (see :class:`Trainer` and :doc:`scaling`); ``mesh=None``, the
+      default, is one device.
 
     ``fit(svi, ...)`` is ``npvi.Trainer(svi, batch_size=..., ...).fit(...)``: it
     compiles its programs for this call. To train the same ``svi`` again without
@@ -424,6 +493,8 @@ def fit(
         stable_update=stable_update,
         kl_schedule=kl_schedule,
         check_scale=check_scale,
+        mesh=mesh,
+        data_axis=data_axis,
     )
     return trainer.fit(
         rng_key,

@@ -30,6 +30,7 @@ PAGES = [
     "user_guide",
     "layers",
     "convolutions",
+    "scaling",
     "priors_and_posteriors",
     "estimators",
     "elbo",
@@ -123,10 +124,11 @@ def test_the_not_yet_list_of_the_tfp_mapping_is_true() -> None:
     assert not set(convolutions) & set(names)
     for name in convolutions:
         assert f"`tfp.layers.{name}`" in page or f"`{name}`" in page, name
-    # Converting a network has landed too (Flax and Equinox): mapped above, no longer listed.
-    assert "dnn_to_bnn" not in section and "npvi.random_nnx_module" in page.split("## Not in npvi yet")[0]
-    for still_missing in ("tf.distribute",):
-        assert still_missing in section, still_missing
+    # Converting a network (Flax and Equinox) and training over devices have landed too: mapped
+    # above, no longer listed.
+    mapped = page.split("## Not in npvi yet")[0]
+    assert "dnn_to_bnn" not in section and "npvi.random_nnx_module" in mapped
+    assert "tf.distribute" not in section and 'mesh="all"' in mapped
 
 
 def test_the_tfp_classification_example_scores_the_predictive_probabilities(capsys) -> None:
