@@ -49,9 +49,9 @@ def _layer_weights(model_trace: dict) -> dict[str, tuple[str, str, Any]]:
     for site in model_trace.values():
         if site["type"] == LINEAR_MESSAGE:
             layer = site["kwargs"]["layer"]
-            weights[layer.kernel_site] = (layer.name, "kernel_kl", layer.kernel_kl)
+            weights[layer.kernel_site] = (layer.name, layer.kernel_kl_argument, layer.kernel_kl)
             if layer.use_bias and layer.bias_prior is not None:
-                weights[layer.bias_site] = (layer.name, "bias_kl", layer.bias_kl)
+                weights[layer.bias_site] = (layer.name, layer.bias_kl_argument, layer.bias_kl)
     return weights
 
 

@@ -99,8 +99,8 @@ def random_eqx_module(
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     parameters = [Parameter(_name(path), tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in leaves]
 
-    def is_layer(node: Any) -> bool:
-        return type(node) in (eqx.nn.Linear, eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+    def is_layer(node: Any) -> bool:  # subclasses too: their own call is what runs
+        return isinstance(node, eqx.nn.Linear | eqx.nn.Conv)
 
     layers, unconvertible, order = [], {}, []
     for path, node in jax.tree_util.tree_flatten_with_path(nn_module, is_leaf=is_layer)[0]:
@@ -135,6 +135,12 @@ def random_eqx_module(
             network = eqx.tree_at(layers_of, network, [proxy for proxy in proxies if proxy is not None])
 
     def net(*batch: Any, **kwargs: Any) -> Any:
-        return jax.vmap(lambda *example: network(*example, **kwargs), axis_name=EXAMPLE_AXIS)(*batch)
+        try:
+            return jax.vmap(lambda *example: network(*example, **kwargs), axis_name=EXAMPLE_AXIS)(*batch)
+        except Exception as error:  # most often jax.vmap(net)(x), NumPyro's habit: say so, keep the error
+            if hasattr(error, "add_note"):  # Python 3.11+
+                error.add_note(f"{owner}: net takes the whole batch and maps the module over its axis 0 itself; "
+                               "call net(x), not jax.vmap(net)(x)")  # fmt: skip
+            raise
 
     return net

@@ -129,6 +129,11 @@ def random_flax_module(
     owner = f"npvi.random_flax_module({name!r})"
     nn = _import(owner, "linen")
     check_options(owner, name, estimator, moped, kl)
+    if input_shape is None and not args and not kwargs:
+        raise ValueError(
+            f"{owner}: give input_shape= (or the module's init arguments after prior), also with params=: npvi "
+            "initialises the module abstractly to find its layers, as NumPyro's random_flax_module does"
+        )
     init_args = (jnp.ones(input_shape),) if input_shape is not None else args
     found: dict[str, Any] = {}
     unconvertible: dict[str, str] = {}
@@ -137,10 +142,10 @@ def random_flax_module(
     def record(next_fun, call_args, call_kwargs, context):
         module = context.module
         if context.method_name == "__call__":
-            if type(module) in (nn.Dense, nn.Conv):
-                found.setdefault(_path(module.path), module.clone(parent=None))
-            elif isinstance(module, cannot):
+            if isinstance(module, cannot):
                 unconvertible.setdefault(_path(module.path), f"flax.linen.{type(module).__name__}")
+            elif isinstance(module, nn.Dense | nn.Conv):  # subclasses too: their own call is what runs
+                found.setdefault(_path(module.path), module.clone(parent=None))
         return next_fun(*call_args, **call_kwargs)
 
     with nn.intercept_methods(record):
@@ -266,7 +271,9 @@ def random_nnx_module(
     cannot = (nnx.LinearGeneral, nnx.ConvTranspose, nnx.Einsum)
     for parts, module in nnx.iter_modules(nn_module):
         path = _path(parts)
-        if type(module) in (nnx.Linear, nnx.Conv):
+        if isinstance(module, cannot):
+            unconvertible[path] = f"flax.nnx.{type(module).__name__}"
+        elif isinstance(module, nnx.Linear | nnx.Conv):  # subclasses too: their own call is what runs
             layer_def, layer_state = nnx.split(module)
             spatial = ()
             if isinstance(module, nnx.Conv):  # (..., *spatial, channels)
@@ -276,8 +283,6 @@ def random_nnx_module(
             layers.append(LayerSpec(path, type(module).__name__, _child(path, "kernel"), bias,
                                     ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial)))  # fmt: skip
             paths[path] = parts
-        elif isinstance(module, cannot):
-            unconvertible[path] = f"flax.nnx.{type(module).__name__}"
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,

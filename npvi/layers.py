@@ -204,6 +204,9 @@ class LinearVariational:
     _CONFIG_KEYS: ClassVar[tuple[str, ...]]
     #: npvi's layers see a whole batch; a converted Equinox layer sees one example (see ``_forward``).
     example_axis: ClassVar[str | None] = None
+    #: The arguments that set the KL choices, as errors name them (a converted network has one, ``kl``).
+    kernel_kl_argument: ClassVar[str] = "kernel_kl"
+    bias_kl_argument: ClassVar[str] = "bias_kl"
 
     def __init__(
         self,

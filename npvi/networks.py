@@ -125,6 +125,7 @@ class ModuleLayer:
         self.bias_posterior = bias_posterior
         self.bias_prior = bias_prior
         self.kernel_kl = self.bias_kl = kl
+        self.kernel_kl_argument = self.bias_kl_argument = "kl"
         self.use_bias = bias_site is not None
         self.example_axis = example_axis
         self.kernel: jax.Array | None = None
@@ -164,7 +165,7 @@ def check_options(owner: str, name: Any, estimator: Any, moped: Any, kl: Any) ->
     if moped is not None and (
         isinstance(moped, bool) or not isinstance(moped, numbers.Real) or not float(moped) > 0
     ):
-        raise ValueError(f"{owner}: moped must be None or a positive number (bayesian-torch uses 0.1), got {moped!r}")
+        raise ValueError(f"{owner}: moped must be None or a positive number (a relative scale: 0.1), got {moped!r}")
     _check_kl(name, "kl", kl)
 
 

@@ -109,7 +109,7 @@ class MopedNormal:
         \mu_0 = w, \qquad \sigma_0 = \delta\,|w|
 
     so a network converted from a trained deterministic one starts where that network is,
-    with a relative uncertainty ``delta`` (bayesian-torch's default is 0.1). The
+    with a relative uncertainty ``delta`` (0.1 is a usual choice). The
     parameters are :class:`MeanFieldNormal`'s: ``"<site>.loc"`` and
     ``"<site>.untransformed_scale"`` (:math:`\sigma = \operatorname{softplus}(u) +
     \varepsilon`); a weight of exactly 0 starts at the smallest scale, :math:`\varepsilon`.

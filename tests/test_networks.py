@@ -496,3 +496,41 @@ def test_a_trained_flax_cnn_fine_tuned_with_moped_keeps_its_accuracy_and_calibra
     # 0.978, NLL 0.111 against 0.121 (fine-tuning seeds 5 and 7: 0.100 and 0.101).
     assert bayesian[0] >= deterministic[0] - 0.01, (bayesian, deterministic)
     assert bayesian[1] < deterministic[1] or bayesian[2] < deterministic[2], (bayesian, deterministic)
+
+
+def test_subclasses_of_convertible_layers_are_converted_and_linen_needs_an_input_shape():
+    class Scaled(nnx.Linear):  # a subclass runs its own call
+        def __call__(self, x):
+            return 2.0 * super().__call__(x)
+
+    x = jnp.ones((4, 3))
+    net = lambda: npvi.random_nnx_module("net", Scaled(3, 2, rngs=nnx.Rngs(0)), PRIOR)(x)  # noqa: E731
+    sites = run(npvi.handlers.reparameterization(net))
+    assert sites["net"]["type"] == "npvi_linear"
+    # The op is the subclass's call with the bias left out; the bias is added once, after it.
+    expected = 2.0 * (x @ sites["net/kernel"]["value"]) + sites["net/bias"]["value"]
+    np.testing.assert_allclose(sites["net"]["value"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"give input_shape= \(or the module's init arguments after prior\), also "
+                                         "with params="):  # fmt: skip
+        run(lambda: npvi.random_flax_module("net", linen.Dense(2), PRIOR, params=linen_trained()[1]))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_equinox_network_vmapped_by_hand_says_to_pass_the_batch():
+    def model(x):
+        return jax.vmap(npvi.random_eqx_module("net", eqx_mlp(), PRIOR))(x)
+
+    with pytest.raises(Exception) as caught:  # the module's own shape error, whatever its type
+        run(lambda: model(jnp.ones((4, 3))))
+    assert any("call net(x), not jax.vmap(net)(x)" in note for note in caught.value.__notes__)
+
+
+def test_a_kl_error_names_the_kl_keyword_of_a_converted_network():
+    def model(x):
+        npvi.random_nnx_module("net", nnx.Linear(3, 2, rngs=nnx.Rngs(0)), dist.Laplace(0.0, 1.0))(x)
+
+    guide = npvi.MeanFieldGuide(model)
+    x = jnp.ones((2, 3))
+    with pytest.raises(TypeError, match=r"kl='exact'.*kl='mc'") as caught:
+        npvi.ELBO().loss(jax.random.PRNGKey(0), init_params(model, guide, x), model, guide, x)
+    assert "kernel_kl" not in str(caught.value), caught.value
