@@ -36,13 +36,14 @@ notebooks: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
 	$(BIN)/python notebooks/run.py --full
 
-# The benchmark suite (the dense MLP, then the CNN of bench/conv.py); the TensorFlow columns appear
+# The benchmark suite (the dense MLP, the CNN of bench/conv.py, converted Flax/Equinox CNNs); the TensorFlow columns appear
 # when the `bench` extra installs.
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	-$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/conv.py
+	$(BIN)/python bench/networks.py
 
 clean:
 	rm -rf $(VENV) npvi-demo .pytest_cache docs/_build

@@ -30,6 +30,7 @@ PAGES = [
     "user_guide",
     "layers",
     "convolutions",
+    "bring_your_own_network",
     "scaling",
     "priors_and_posteriors",
     "estimators",
