@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,27 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import Messenger
 
 import npvi
+
+
+def _stamp_arviz_warning_for_today() -> None:
+    """Write ArviZ's once-a-day stamp before any test imports ArviZ.
+
+    ArviZ 0.23 writes the stamp on its first import of the day through one fixed temporary file
+    name, so two pytest-xdist workers importing it at the same moment race, and one fails with
+    ``FileNotFoundError`` (seen on the first run of a day, and likely on every fresh CI machine).
+    Each worker writes today's stamp here through a temporary file of its own, which is race-free,
+    and ArviZ then finds it and writes nothing.
+    """
+    from platformdirs import user_cache_dir
+
+    directory = Path(user_cache_dir("arviz", "arviz"))
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f"daily_warning.{os.getpid()}.tmp"
+    temporary.write_text(datetime.date.today().isoformat())
+    os.replace(temporary, directory / "daily_warning")
+
+
+_stamp_arviz_warning_for_today()
 
 
 def svi_traces(model, guide, params, rng_key, *args, **kwargs):
