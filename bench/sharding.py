@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -86,17 +85,10 @@ def worker(devices: int, use_mesh: bool, warmup: int, epochs_per_block: int) -> 
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import jax
-    import numpyro
+    """``run.py``'s description of the machine (it imports JAX here; only the workers compute), and the load."""
+    from run import machine as described
 
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "numpyro": numpyro.__version__, "load_before": os.getloadavg()}  # fmt: skip
+    return {**described(), "load_before": os.getloadavg()}
 
 
 def start(label: str, args) -> subprocess.Popen:
