@@ -131,14 +131,7 @@ def step_times(problem: C.ConvProblem, args, tfp_ok: bool, torch_ok: bool) -> di
     interleave(list(groups.values()), args.blocks, args.steps)
     rows = {
         v.label: {
-            "median_ms": v.median_ms,
-            "min_ms": v.min_ms,
-            "max_ms": v.max_ms,
-            "blocks_ms": v.block_ms,
-            "lower_s": v.lower_s,
-            "compile_s": v.compile_s,
-            "first_call_s": v.first_call_s,
-            "final_loss": v.loss(),
+            **v.summary(),
             **compiled_cost(v),
         }
         for v in variants

@@ -220,14 +220,7 @@ def step_times(problem: C.ConvProblem, args) -> dict:
     floor = groups["floor"][0]
     rows = {
         v.label: {
-            "median_ms": v.median_ms,
-            "min_ms": v.min_ms,
-            "max_ms": v.max_ms,
-            "blocks_ms": v.block_ms,
-            "lower_s": v.lower_s,
-            "compile_s": v.compile_s,
-            "first_call_s": v.first_call_s,
-            "final_loss": v.loss(),
+            **v.summary(),
             "/ deterministic paired": paired_ratio(v, floor),
             **compiled_cost(v),
         }

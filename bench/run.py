@@ -106,19 +106,7 @@ def step_times(args, tfp_ok: bool, torch_ok: bool) -> dict:
         v.run(args.warmup)
     interleave(groups, args.blocks, args.steps)
 
-    rows = {
-        v.label: {
-            "median_ms": v.median_ms,
-            "min_ms": v.min_ms,
-            "max_ms": v.max_ms,
-            "blocks_ms": v.block_ms,
-            "lower_s": v.lower_s,
-            "compile_s": v.compile_s,
-            "first_call_s": v.first_call_s,
-            "final_loss": v.loss(),
-        }
-        for v in variants
-    }
+    rows = {v.label: v.summary() for v in variants}
     ratios = {}
     det = floor[0]
     for est, group in pairs.items():

@@ -84,6 +84,19 @@ class Variant:
         last = self.carry[-1]
         return float(last.numpy() if hasattr(last, "numpy") else last)
 
+    def summary(self) -> dict[str, Any]:
+        """The figures every benchmark records for a variant: block times, compile times, final loss."""
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "blocks_ms": self.block_ms,
+            "lower_s": self.lower_s,
+            "compile_s": self.compile_s,
+            "first_call_s": self.first_call_s,
+            "final_loss": self.loss(),
+        }
+
 
 def interleave(groups: Sequence[Sequence[Variant]], blocks: int, steps: int) -> None:
     """Block k of every variant before block k + 1; rotating group order, alternating within."""

@@ -22,7 +22,16 @@ import jax
 import jax.numpy as jnp
 
 from npvi.estimators import FLIPOUT
-from npvi.networks import Deterministic, LayerSpec, ModuleOp, Parameter, PriorSpec, check_options, convert
+from npvi.networks import (
+    Deterministic,
+    LayerSpec,
+    ModuleOp,
+    Parameter,
+    PriorSpec,
+    check_options,
+    child_path,
+    convert,
+)
 
 #: The ``jax.vmap`` axis name over the examples of a batch, which converted Equinox layers read.
 EXAMPLE_AXIS = "npvi_example"
@@ -40,10 +49,6 @@ def _name(path: tuple[Any, ...]) -> str:
     """NumPyro's name for a key path: ``jax.tree_util.keystr`` without its leading dot."""
     name = jax.tree_util.keystr(path)
     return name[1:] if name.startswith(".") else name
-
-
-def _child(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 def _forward(eqx: Any, layer: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -107,8 +112,8 @@ def random_eqx_module(
         if is_layer(node):
             layer_path = _name(path)
             spatial = tuple(range(-node.num_spatial_dims, 0)) if isinstance(node, eqx.nn.Conv) else ()
-            bias = _child(layer_path, "bias") if node.bias is not None else None
-            layers.append(LayerSpec(layer_path, type(node).__name__, _child(layer_path, "weight"), bias,
+            bias = child_path(layer_path, "bias") if node.bias is not None else None
+            layers.append(LayerSpec(layer_path, type(node).__name__, child_path(layer_path, "weight"), bias,
                                     ModuleOp(_forward(eqx, node), spatial)))  # fmt: skip
             order.append(layer_path)
     for path, node in jax.tree_util.tree_flatten_with_path(

@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import numpyro
 
 from npvi.estimators import FLIPOUT
-from npvi.networks import Deterministic, LayerSpec, ModuleOp, Parameter, PriorSpec, check_options, convert
+from npvi.networks import (
+    Deterministic,
+    LayerSpec,
+    ModuleOp,
+    Parameter,
+    PriorSpec,
+    check_options,
+    child_path,
+    convert,
+)
 
 
 def _import(owner: str, what: str) -> Any:
@@ -39,24 +48,20 @@ def _path(parts: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in parts)
 
 
-def _child(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """A nested dict of parameters as ``{"a.b.kernel": leaf}``, NumPyro's names."""
     if not isinstance(tree, Mapping):  # dicts, and Flax's FrozenDict
         return {prefix: tree}
     out = {}
     for key, value in tree.items():
-        out.update(_flatten(value, _child(prefix, str(key))))
+        out.update(_flatten(value, child_path(prefix, str(key))))
     return out
 
 
 def _unflatten_into(tree: Any, values: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(tree, Mapping):
         return values[prefix]
-    return {key: _unflatten_into(value, values, _child(prefix, str(key))) for key, value in tree.items()}
+    return {key: _unflatten_into(value, values, child_path(prefix, str(key))) for key, value in tree.items()}
 
 
 def _parameters(shapes: dict[str, Any], trained: dict[str, Any] | None) -> list[Parameter]:
@@ -183,12 +188,12 @@ def random_flax_module(
 
     layers = []
     for path, module in found.items():
-        kernel = _child(path, "kernel")
+        kernel = child_path(path, "kernel")
         spatial = ()
         if isinstance(module, nn.Conv):  # (..., *spatial, channels): one Flipout sign per example and channel
             rank = len(shapes[kernel].shape) - 2
             spatial = tuple(range(-1 - rank, -1))
-        bias = _child(path, "bias") if module.use_bias else None
+        bias = child_path(path, "bias") if module.use_bias else None
         layers.append(LayerSpec(path, type(module).__name__, kernel, bias, linen_op(module, spatial)))
     values, converted = convert(
         owner, name, _parameters(shapes, trained), layers, unconvertible, prior,
@@ -279,8 +284,8 @@ def random_nnx_module(
             if isinstance(module, nnx.Conv):  # (..., *spatial, channels)
                 rank = jnp.ndim(module.kernel[...]) - 2
                 spatial = tuple(range(-1 - rank, -1))
-            bias = _child(path, "bias") if module.bias is not None else None
-            layers.append(LayerSpec(path, type(module).__name__, _child(path, "kernel"), bias,
+            bias = child_path(path, "bias") if module.bias is not None else None
+            layers.append(LayerSpec(path, type(module).__name__, child_path(path, "kernel"), bias,
                                     ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial)))  # fmt: skip
             paths[path] = parts
     values, converted = convert(

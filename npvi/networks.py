@@ -169,6 +169,11 @@ def check_options(owner: str, name: Any, estimator: Any, moped: Any, kl: Any) ->
     _check_kl(name, "kl", kl)
 
 
+def child_path(path: str, name: str) -> str:
+    """``"<path>.<name>"``, or ``name`` at the root (NumPyro's parameter names)."""
+    return f"{path}.{name}" if path else name
+
+
 def _matches(path: str, entry: str) -> bool:
     return path == entry or path.startswith(entry + ".") or path.startswith(entry + "[")
 
