@@ -7,7 +7,7 @@ trained guide instead, ``chunk_size`` draws at a time (see
 * ``posterior``: the latent sites and the deterministic sites;
 * ``posterior_predictive``: :math:`y_s \sim p(y \mid x, W_s)` at every observed site;
 * ``log_likelihood``: :math:`\log p(y_i \mid x_i, W_s)` per observation, which
-  :func:`arviz.loo` and :func:`arviz.waic` need;
+  :func:`arviz.loo` and :func:`arviz.waic` need, stored as float64 (below);
 * ``observed_data``: the observed values;
 
 as one chain of ``num_samples`` draws. Layer weights get named dimensions:
@@ -15,6 +15,32 @@ as one chain of ``num_samples`` draws. Layer weights get named dimensions:
 ``"<layer>_kernel_height"`` (``_depth``, ``_width`` as the rank asks),
 ``"<layer>_in"`` and ``"<layer>_filters"`` for a convolution. Sites inside a
 plate get the plate's name as the dimension.
+
+**A precise log-likelihood.** A well-fitted classifier gives many points a
+probability within float32's rounding of 1. NumPyro's ``Categorical(logits=l)``
+computes :math:`\log p_y = l_y - \operatorname{logsumexp}_j l_j`, and for
+:math:`p_y > 1 - 6 \cdot 10^{-8}` the float32 subtraction cancels to exactly 0;
+a point with 0 in every draw gives PSIS constant weights, and ``az.loo`` NaN or
+infinite Pareto :math:`k`. NumPyro's ``Bernoulli(logits=l)``,
+:math:`-(\max(l, 0) + \log(1 + e^{-|l|}) - y l)`, cancels the same way for
+:math:`y = 1` and a large positive :math:`l`. For ``CategoricalLogits`` and
+``BernoulliLogits``, also inside the ``ExpandedDistribution`` and ``Independent``
+that plates and ``.to_event`` wrap them in, :func:`to_inference_data` computes
+instead, with :math:`d_j = l_j - l_y`,
+
+.. math::
+
+    \log p_y = -\operatorname{softplus}\bigl(\operatorname{logsumexp}_{j \ne y} d_j\bigr),
+    \qquad
+    \log p(y \mid l) = -\operatorname{softplus}\bigl((1 - 2y)\, l\bigr),
+
+which keep float32's relative precision for :math:`1 - p_y` down to about
+:math:`10^{-38}` (float32's smallest normal number), since
+:math:`\operatorname{softplus}(s) = \log(1 + e^s) \approx e^s` for very negative
+:math:`s`. Every other distribution's log-likelihood is its own ``log_prob``.
+The ``log_likelihood`` group is stored as float64, so that ArviZ's PSIS arithmetic
+on it runs in float64; the other groups keep the dtypes of the draws (float32
+unless JAX's x64 mode is on).
 """
 
 from __future__ import annotations
@@ -45,6 +71,53 @@ def _import_arviz():
         import arviz
 
     return arviz
+
+
+def _precise_log_prob(fn: Any, value: jax.Array) -> jax.Array | None:
+    """``fn.log_prob(value)`` without float32's cancellation near probability 1, or None where ``fn`` has no such form.
+
+    Knows ``CategoricalLogits``, ``BernoulliLogits``, and either inside ``ExpandedDistribution`` or
+    ``Independent`` (what plates and ``.to_event`` build); see the module docstring for the formulas.
+    """
+    dist = numpyro.distributions
+    if isinstance(fn, dist.CategoricalLogits):
+        batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), fn.batch_shape)
+        logits = jnp.broadcast_to(fn.logits, batch_shape + jnp.shape(fn.logits)[-1:])
+        index = jnp.broadcast_to(jnp.expand_dims(value, -1), batch_shape + (1,))
+        difference = logits - jnp.take_along_axis(logits, index, -1)  # d_j = l_j - l_y
+        others = jnp.where(jnp.arange(logits.shape[-1]) == index, -jnp.inf, difference)  # d_y masked out
+        return -jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))
+    if isinstance(fn, dist.BernoulliLogits):
+        signed = jnp.where(value == 1, -fn.logits, fn.logits)  # (1 - 2y) l for y in {0, 1}
+        return jnp.where((value == 0) | (value == 1), -jax.nn.softplus(signed), fn.log_prob(value))
+    if isinstance(fn, dist.ExpandedDistribution):
+        base = _precise_log_prob(fn.base_dist, value)
+        if base is None:
+            return None
+        sample_shape = jnp.shape(value)[: max(jnp.ndim(value) - fn.event_dim, 0)]
+        return jnp.broadcast_to(base, jax.lax.broadcast_shapes(fn.batch_shape, sample_shape))
+    if isinstance(fn, dist.Independent):
+        base = _precise_log_prob(fn.base_dist, value)
+        if base is None:
+            return None
+        return jnp.sum(base, axis=tuple(range(-fn.reinterpreted_batch_ndims, 0)))
+    return None
+
+
+def _log_likelihood(fn: Any, value: jax.Array) -> jax.Array:
+    r"""The log-likelihood ``fn.log_prob(value)``, precise near probability 1 for logits-parameterised
+    ``Categorical`` and ``Bernoulli``.
+
+    Same values as ``fn.log_prob(value)`` up to float rounding, except where a class is so likely
+    that NumPyro's form rounds :math:`\log p_y` to exactly 0 (see the module docstring).
+
+    >>> import jax.numpy as jnp, numpyro.distributions as dist
+    >>> fn, y = dist.Categorical(logits=jnp.array([20.0, 0.0, 0.0])), jnp.array(0)
+    >>> print(f"{float(fn.log_prob(y)):.4g} {float(_log_likelihood(fn, y)):.4g}")  # exact: -log(1 + 2 exp(-20))
+    0 -4.122e-09
+    """
+    precise = _precise_log_prob(fn, value)
+    return fn.log_prob(value) if precise is None else precise
 
 
 def _layer_dims(model_trace: Trace) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -133,7 +206,7 @@ def _draw_program(
         for name, key in zip(structure.observed_sites, keys, strict=True):
             site = trace[name]
             values[f"posterior_predictive/{name}"] = site["fn"].sample(key)
-            values[f"log_likelihood/{name}"] = site["fn"].log_prob(site["value"])
+            values[f"log_likelihood/{name}"] = _log_likelihood(site["fn"], site["value"])
         return values
 
     _, trace = traced_draw(model, guide, params, rng_key, *args, **kwargs)
@@ -203,7 +276,8 @@ def to_inference_data(
     groups: dict[str, dict[str, np.ndarray]] = {"posterior": {}, "posterior_predictive": {}, "log_likelihood": {}}
     for path, value in draws.items():
         group, name = path.split("/", 1)
-        groups[group][name] = np.asarray(value)[None]  # one chain
+        value = np.asarray(value, dtype=np.float64 if group == "log_likelihood" else None)
+        groups[group][name] = value[None]  # one chain; float64 log-likelihoods for ArviZ's PSIS
     observed = {name: np.asarray(value) for name, value in observed.items()}
     all_dims = {**structure.dims, **(dims or {})}
     estimators = structure.estimators

@@ -116,3 +116,42 @@ def test_same_key_same_draws_and_observations_are_required(fitted):
     np.testing.assert_array_equal(a.posterior["sigma"].values, b.posterior["sigma"].values)
     with pytest.raises(ValueError, match="no observed site"):
         npvi.to_inference_data(model, guide, params, x, rng_key=jax.random.PRNGKey(5), num_samples=5)
+
+
+def classifier(x, y=None, b=None, num_data=None):
+    logits = npvi.DenseReparameterization(3, name="out")(x)
+    numpyro.deterministic("logits", logits)
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Categorical(logits=logits), obs=y)  # CategoricalLogits, as the plate leaves it
+        numpyro.sample("y_event", dist.Categorical(logits=logits[:, None]).to_event(1), obs=y[:, None])  # Independent
+        numpyro.sample("b", dist.Bernoulli(logits=logits[:, 0]), obs=b)
+
+
+def test_log_likelihood_keeps_its_precision_when_a_class_is_almost_certain():
+    """Example 0's labelled class has p = 1 - 2e-9, where NumPyro's float32 l_y - logsumexp(l) is exactly 0."""
+    x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])
+    y, b = jnp.array([0, 2, 1, 0]), jnp.array([1.0, 0.0, 1.0, 0.0])
+    params = {  # logits x @ loc + bias: example 0 gets (20, 0, 0)
+        "out.kernel.loc": jnp.array([[20.0, 0.0, 0.0], [-1.0, 2.0, 3.0]]),
+        "out.kernel.untransformed_scale": jnp.full((2, 3), -6.0),
+        "out.bias": jnp.zeros(3),
+    }
+    guide = npvi.MeanFieldGuide(classifier)
+    idata = npvi.to_inference_data(classifier, guide, params, x, y, b, rng_key=jax.random.PRNGKey(6), num_samples=4)
+    logits = idata.posterior["logits"].values[0].astype(np.float64)  # the float32 logits of each draw
+    d = logits - np.take_along_axis(logits, np.asarray(y)[None, :, None], -1)  # exact in float64
+    reference = -np.log1p(np.where(np.arange(3) == np.asarray(y)[:, None], 0.0, np.exp(d)).sum(-1))
+    bernoulli = -np.log1p(np.exp(np.where(np.asarray(b) == 1, -1.0, 1.0) * logits[..., 0]))
+    # NumPyro's float32 forms cancel to exactly 0 here (Bernoulli's max(l, 0) + log1p(exp(-|l|)) - y l too).
+    assert float(dist.Categorical(logits=jnp.array([20.0, 0.0, 0.0])).log_prob(0)) == 0.0
+    assert float(dist.Bernoulli(logits=20.0).log_prob(1.0)) == 0.0
+    # npvi's only float32 roundings: d_j = l_j - l_y (half an ulp of |d_j| < 32: 9.5e-7 absolute, which moves
+    # -softplus(logsumexp d) by at most 9.5e-7 of itself, as softplus' slope is below softplus), and a few float32
+    # ulps (6e-8 each) in exp, logsumexp and softplus: rtol 1e-5 leaves a margin of about 5.
+    for name, expected in [("y", reference), ("y_event", reference), ("b", bernoulli)]:
+        stored = idata.log_likelihood[name]
+        assert stored.dtype == np.float64 and stored.shape == (1, 4, 4)
+        np.testing.assert_allclose(stored.values[0], expected, rtol=1e-5)
+    assert np.all(idata.log_likelihood["y"].values[0, :, 0] != 0.0)  # about -4.1e-9 in every draw
+    assert np.all(idata.log_likelihood["b"].values[0, :, 0] != 0.0)  # about -2.1e-9
+    assert idata.posterior["logits"].dtype == np.float32  # the other groups keep their dtypes
