@@ -8,6 +8,8 @@ ELBO.
 """
 
 from npvi import handlers, losses, plots, serialization, sharding
+from npvi.checkpoints import Checkpoints
+from npvi.compilation_cache import enable_compilation_cache
 from npvi.conv import (
     Conv1DFlipout,
     Conv1DLocalReparameterization,
@@ -25,18 +27,19 @@ from npvi.conv import (
     Convolution3DFlipout,
     Convolution3DReparameterization,
 )
+from npvi.early_stopping import EarlyStopping
 from npvi.elbo import ELBO
 from npvi.eqx_modules import random_eqx_module
 from npvi.flax_modules import random_flax_module, random_nnx_module
 from npvi.guides import MeanFieldGuide
 from npvi.inference_data import to_inference_data
-from npvi.io import load, save
+from npvi.io import load, load_state, save
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
 from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass
 from npvi.predictive import Predictive
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
-from npvi.training import Trainer, fit
+from npvi.training import DivergenceError, FitResult, Trainer, fit
 from npvi.uncertainty import (
     classification_summary,
     expected_calibration_error,
@@ -47,6 +50,7 @@ from npvi.uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoints",
     "Conv1DFlipout",
     "Conv1DLocalReparameterization",
     "Conv1DReparameterization",
@@ -65,7 +69,10 @@ __all__ = [
     "DenseFlipout",
     "DenseLocalReparameterization",
     "DenseReparameterization",
+    "DivergenceError",
     "ELBO",
+    "EarlyStopping",
+    "FitResult",
     "KLDivergenceAddLoss",
     "KLDivergenceRegularizer",
     "MeanFieldGuide",
@@ -76,11 +83,13 @@ __all__ = [
     "SamplePoints",
     "Trainer",
     "classification_summary",
+    "enable_compilation_cache",
     "expected_calibration_error",
     "fit",
     "handlers",
     "kl_term",
     "load",
+    "load_state",
     "losses",
     "plots",
     "random_eqx_module",

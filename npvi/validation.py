@@ -5,6 +5,7 @@ Every message names the layer, what was expected and what was seen.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -63,11 +64,127 @@ def check_support(owner: str, fn: dist.Distribution, value: Any) -> None:
 
 
 def check_observed(trace: dict[str, dict[str, Any]]) -> None:
-    """:func:`check_finite` and :func:`check_support` on every observed site of a model trace (factors aside)."""
+    """Check every observed site of a model trace (factors aside): finite, of a shape it scores once, in its support.
+
+    :func:`check_finite`, then :func:`check_one_hot_labels` and :func:`check_observed_shape`
+    (shapes only, so they run on traced values too), then :func:`check_support`.
+    """
     for name, site in trace.items():
         if site["type"] == "sample" and site["is_observed"] and not site["infer"].get("is_auxiliary"):
             check_finite(f"site {name!r}", "the observed data", site["value"])
+            check_one_hot_labels(name, site["fn"], site["value"])
+            check_observed_shape(name, site)
             check_support(f"site {name!r}", site["fn"], site["value"])
+
+
+def check_one_hot_labels(name: str, fn: dist.Distribution, value: Any) -> None:
+    """``ValueError`` for labels of shape ``(..., K)`` given to a ``Categorical`` of ``K`` classes (one-hot labels).
+
+    A ``Categorical`` scores class indices of its batch shape; one-hot rows (Keras'
+    ``categorical_crossentropy`` habit) would broadcast against it instead.
+
+    >>> check_one_hot_labels("y", dist.Categorical(logits=jnp.zeros((4, 3))), jnp.eye(3)[jnp.array([0, 1, 2, 0])])
+    Traceback (most recent call last):
+    ...
+    ValueError: site 'y': the observed labels have shape (4, 3), one row of 3 values per example, but Categorical \
+takes one class index per example, shape (4,). For one-hot labels pass y.argmax(-1) (as integers), or use \
+dist.OneHotCategorical
+    """
+    base = base_distribution(fn)
+    if not isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs):
+        return
+    num_classes = jnp.shape(base.logits if isinstance(base, dist.CategoricalLogits) else base.probs)[-1]
+    shape, batch = tuple(jnp.shape(value)), tuple(fn.batch_shape)
+    if len(shape) == len(batch) + 1 and shape[-1] == num_classes and shape[:-1] == batch:
+        raise ValueError(
+            f"site {name!r}: the observed labels have shape {shape}, one row of {num_classes} values per example, "
+            f"but {type(base).__name__.removesuffix('Logits').removesuffix('Probs')} takes one class index per "
+            f"example, shape {batch}. For one-hot labels pass y.argmax(-1) (as integers), or use "
+            "dist.OneHotCategorical"
+        )
+
+
+def check_observed_shape(name: str, site: dict[str, Any]) -> None:
+    """``ValueError`` when an observed value inside a plate broadcasts against its distribution's batch shape.
+
+    The log-likelihood of a site has the shape ``broadcast(value batch shape, fn.batch_shape)``.
+    When that is larger than the value's own batch shape, each observation is scored more than
+    once: ``y`` of shape ``(n, 1)`` against predictions of shape ``(n,)`` gives an ``(n, n)``
+    log-likelihood, every target against every prediction, and training fits a constant
+    without a word. Sites outside any plate are left alone.
+
+    >>> site = {"fn": dist.Normal(jnp.zeros(4), 1.0), "value": jnp.zeros((4, 1)), "cond_indep_stack": ["data"]}
+    >>> check_observed_shape("y", site)
+    Traceback (most recent call last):
+    ...
+    ValueError: site 'y': the observed value has shape (4, 1), but its Normal has batch shape (4,), so \
+log_prob broadcasts them to (4, 4) and scores each of the 4 observations 4 times. Give both the same shape: \
+drop the value's extra axis (y[:, 0] for targets of shape (n, 1)), or the prediction's (mu[..., 0] for a \
+network output of shape (n, 1))
+    """
+    if not site["cond_indep_stack"]:
+        return
+    fn = site["fn"]
+    shape = tuple(jnp.shape(site["value"]))
+    event_ndim = len(fn.event_shape)
+    value_batch = shape[: len(shape) - event_ndim]
+    try:
+        scored = tuple(np.broadcast_shapes(value_batch, tuple(fn.batch_shape)))
+    except ValueError:
+        return  # shapes that do not broadcast at all: NumPyro's own error says so
+    if scored == value_batch:
+        return
+    times = math.prod(scored) // max(math.prod(value_batch), 1)
+    raise ValueError(
+        f"site {name!r}: the observed value has shape {shape}, but its {type(base_distribution(fn)).__name__} has "
+        f"batch shape {tuple(fn.batch_shape)}, so log_prob broadcasts them to {scored} and scores each of the "
+        f"{math.prod(value_batch)} observations {times} times. Give both the same shape: drop the value's extra "
+        "axis (y[:, 0] for targets of shape (n, 1)), or the prediction's (mu[..., 0] for a network output of "
+        "shape (n, 1))"
+    )
+
+
+def check_rng_key(owner: str, key: Any, call: str) -> None:
+    """``TypeError`` unless ``key`` is a JAX PRNG key (``jax.random.key(0)`` or the raw ``jax.random.PRNGKey(0)``).
+
+    ``call`` shows the expected call, e.g. ``"fit(svi, rng_key, x, y, num_epochs=..., batch_size=...)"``:
+    a key left out shifts every argument by one, and the data end up where the key goes.
+
+    >>> check_rng_key("fit", 0, "fit(svi, rng_key, x, y, ...)")
+    Traceback (most recent call last):
+    ...
+    TypeError: fit: rng_key must be a JAX PRNG key, got the int 0; use jax.random.PRNGKey(0) (or jax.random.key(0))
+    """
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        raise TypeError(
+            f"{owner}: rng_key must be a JAX PRNG key, got the int {key}; use jax.random.PRNGKey({key}) "
+            f"(or jax.random.key({key}))"
+        )
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()))
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype is not None and np.dtype(dtype) == np.uint32 and len(shape) == 1 and shape[0] in (2, 4):
+        return  # a raw key: threefry (2 words) or rbg (4 words)
+    seen = f"a {dtype} array of shape {shape}" if dtype is not None else f"{type(key).__name__}"
+    raise TypeError(
+        f"{owner}: rng_key must be one JAX PRNG key (jax.random.PRNGKey(0) or jax.random.key(0)), got {seen}; "
+        f"the call is {call}"
+    )
+
+
+def check_array_like(owner: str, what: str, value: Any) -> None:
+    """``TypeError`` for a pandas ``DataFrame`` (its columns may hold several dtypes): pass its values instead.
+
+    A ``Series`` or any array with one ``dtype`` passes.
+    """
+    if hasattr(value, "columns") and hasattr(value, "to_numpy") and not hasattr(value, "dtype"):
+        rows, columns = getattr(value, "shape", ("?", "?"))
+        raise TypeError(
+            f"{owner}: {what} is a {type(value).__module__.split('.')[0]} {type(value).__name__} "
+            f"({rows} rows x {columns} columns); pass its values as one array, e.g. df.to_numpy(dtype='float32')"
+        )
 
 
 def check_finite(owner: str, what: str, value: Any) -> None:

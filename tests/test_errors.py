@@ -1,5 +1,7 @@
 """Every bad input gets a ValueError or TypeError that names the layer, what was expected and seen."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpyro
@@ -112,6 +114,42 @@ def test_observations_outside_their_support(model, y, error, message):
     svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
     with pytest.raises(error, match=message):  # fit checks all of its data before it compiles
         npvi.fit(svi, jax.random.PRNGKey(0), X, y, num_epochs=1, batch_size=2, progress_bar=False)
+
+
+def regression(x, y=None, num_data=None, squeeze=True):
+    mu = npvi.DenseFlipout(1, name="l1")(x)
+    mu = mu[..., 0] if squeeze else mu
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+
+
+@pytest.mark.parametrize(
+    "model, y, message",
+    [
+        (regression, jnp.zeros((5, 1)),
+         r"site 'y': the observed value has shape \(5, 1\), but its Normal has batch shape \(5,\), so log_prob "
+         r"broadcasts them to \(5, 5\) and scores each of the 5 observations 5 times. Give both the same shape: drop "
+         r"the value's extra axis \(y\[:, 0\] for targets of shape \(n, 1\)\), or the prediction's "
+         r"\(mu\[..., 0\] for a network output of shape \(n, 1\)\)"),
+        (functools.partial(regression, squeeze=False), jnp.zeros(5),
+         r"site 'y': the observed value has shape \(5,\), but its Normal has batch shape \(5, 5\), so log_prob "
+         r"broadcasts them to \(5, 5\).*mu\[..., 0\]"),
+        (classifier, jax.nn.one_hot(jnp.array([0, 3, 1, 2, 9]), 10),
+         r"site 'y': the observed labels have shape \(5, 10\), one row of 10 values per example, but Categorical "
+         r"takes one class index per example, shape \(5,\). For one-hot labels pass y.argmax\(-1\) \(as integers\), "
+         r"or use dist.OneHotCategorical"),
+    ],
+    ids=["targets (n, 1)", "outputs (n, 1)", "one-hot labels"],
+)
+def test_observations_that_would_broadcast_against_the_predictions(model, y, message):
+    """Keras habits that train a constant without a word: refused at the guide's first call and by fit."""
+    with pytest.raises(ValueError, match=message):
+        init(model, X, y)
+    svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
+    with pytest.raises(ValueError, match=message):
+        npvi.fit(svi, jax.random.PRNGKey(0), X, y, num_epochs=1, batch_size=5, progress_bar=False)
+    event_model = one_layer_model(npvi.DenseFlipout)  # a (5, 3) value of a (5,)-batch, (3,)-event site is fine
+    init(event_model, X, Y)
 
 
 def test_a_long_bad_label_array_is_not_printed():
