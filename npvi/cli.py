@@ -6,10 +6,10 @@ data, prints held-out metrics and writes result files (see :mod:`npvi.demo`);
 MLP next to it.
 
 Most of a small job's first run is XLA compiling its programs. ``npvi demo`` turns on
-JAX's persistent compilation cache, so a second run loads them from disk: in
-``$NPVI_CACHE_DIR`` if it is set, else in the user's cache directory
-(:func:`default_cache_dir`); ``--no-cache`` leaves it off. In a script of your own the
-same is one line, ``jax.config.update("jax_compilation_cache_dir", "/some/dir")``.
+JAX's persistent compilation cache with :func:`npvi.enable_compilation_cache`, so a second
+run loads them from disk: in ``$NPVI_CACHE_DIR`` if it is set, else in the user's cache
+directory (:func:`npvi.compilation_cache.default_cache_dir`); ``--no-cache`` leaves it off.
+In a script of your own the same is one line, ``npvi.enable_compilation_cache()``.
 
 >>> build_parser().parse_args(["demo", "--epochs", "5"]).epochs
 5
@@ -20,48 +20,18 @@ same is one line, ``jax.config.update("jax_compilation_cache_dir", "/some/dir")`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-# Kept here, not imported from npvi.demo, so that `npvi --help` does not import JAX.
+# Re-exported: cli's names before npvi.compilation_cache existed.
+from npvi.compilation_cache import CACHE_ENV, default_cache_dir, enable_compilation_cache
+
+__all__ = ["CACHE_ENV", "build_parser", "default_cache_dir", "enable_compilation_cache", "main"]
+
+# Kept here, not imported from npvi.demo, so that `npvi --help` does not import the demo.
 DATASETS = ("digits", "diabetes")
 ESTIMATOR_CHOICES = ("flipout", "lrt", "reparam")
 MODEL_CHOICES = ("mlp", "cnn")
-#: Environment variable that sets the directory of the demo's compilation cache.
-CACHE_ENV = "NPVI_CACHE_DIR"
-
-
-def default_cache_dir(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path:
-    """Where the demo keeps JAX's compilation cache: ``$NPVI_CACHE_DIR``, else the user's cache directory.
-
-    That is ``$XDG_CACHE_HOME/npvi/jax`` (``~/.cache/npvi/jax``) on Linux,
-    ``~/Library/Caches/npvi/jax`` on macOS and ``%LOCALAPPDATA%\\npvi\\cache\\jax`` on Windows.
-
-    >>> default_cache_dir({"NPVI_CACHE_DIR": "/tmp/npvi-cache"}).as_posix()
-    '/tmp/npvi-cache'
-    >>> default_cache_dir({"XDG_CACHE_HOME": "/home/me/.cache"}, "linux").as_posix()
-    '/home/me/.cache/npvi/jax'
-    """
-    if environ.get(CACHE_ENV):
-        return Path(environ[CACHE_ENV])
-    home = Path(environ.get("HOME") or Path.home())
-    if platform == "darwin":
-        return home / "Library" / "Caches" / "npvi" / "jax"
-    if platform.startswith("win"):
-        return Path(environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "npvi" / "cache" / "jax"
-    return Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "npvi" / "jax"
-
-
-def enable_compilation_cache(directory: Path) -> None:
-    """Turn on JAX's persistent compilation cache in ``directory``, for every program compiled from now on."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    # JAX's default keeps only programs that took a second or more to compile; a small job's
-    # few dozen programs each take less, and together most of its run.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _positive_int(text: str) -> int:
@@ -162,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model == "cnn" and args.dataset != "digits":
             parser.error(f"--model cnn convolves images: it needs --dataset digits, not {args.dataset!r}")
         if not args.no_cache:
-            enable_compilation_cache(default_cache_dir())
+            enable_compilation_cache()
         from npvi.demo import run_demo
 
         try:

@@ -49,6 +49,15 @@ def test_digits_demo_beats_the_baseline_and_writes_its_files(capsys, tmp_path):
     idata = az.from_netcdf(str(out_dir / "inference_data.nc"))
     assert idata.log_likelihood["y"].shape == (1, 50, 359)
     assert idata.posterior.attrs["estimator"] == "hidden: local_reparameterization, output: local_reparameterization"
+    # ArviZ's PSIS-LOO and WAIC on the file itself: float64 log-likelihoods, none cancelled to the same value
+    # (exactly 0) in every draw, so no point has constant importance weights.
+    log_lik = idata.log_likelihood["y"].values[0]
+    assert log_lik.dtype == np.float64 and not np.any(log_lik.max(axis=0) == log_lik.min(axis=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ArviZ's high-Pareto-k and WAIC-variance warnings
+        loo, waic = az.loo(idata, pointwise=True), az.waic(idata)
+    assert np.isfinite([loo.elpd_loo, loo.se, waic.elpd_waic, waic.se]).all()
+    assert np.isfinite(loo.pareto_k.values).all() and np.isfinite(loo.loo_i.values).all()
     assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -154,6 +163,56 @@ def test_the_compilation_cache_is_on_by_default_and_changes_no_number(tmp_path):
     env["NPVI_CACHE_DIR"] = str(tmp_path / "unused")
     assert run("off", "--no-cache") == cold
     assert not (tmp_path / "unused").exists()
+
+
+USER_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist, optax
+from numpyro.infer import SVI
+import npvi
+
+events = []  # JAX's: every compile request, and how the persistent cache answered it
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
+jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **kwargs: events.append(event))
+directory = npvi.enable_compilation_cache(sys.argv[1])
+
+def model(x, y=None, num_data=None):
+    h = npvi.DenseFlipout(8, activation=jax.nn.tanh, name="l1")(x)
+    mu = npvi.DenseFlipout(1, name="l2")(h)[..., 0]
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+
+x = jnp.linspace(-2.0, 2.0, 40)[:, None]
+y = jnp.sin(2.0 * x[:, 0])
+guide = npvi.MeanFieldGuide(model)
+svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
+result = npvi.fit(svi, jax.random.PRNGKey(0), x, y, num_epochs=3, batch_size=10, progress_bar=False)
+draws = npvi.Predictive(model, guide, result.params, num_samples=20)(jax.random.PRNGKey(1), x)
+numbers = {"losses": np.asarray(result.losses).tolist(), "y": np.asarray(draws["y"]).ravel().tolist()}
+counts = {name: events.count(f"/jax/{event}") for name, event in [("requests", "core/compile/backend_compile_duration"),
+          ("hits", "compilation_cache/cache_hits"), ("misses", "compilation_cache/cache_misses")]}  # misses: compiled
+print(json.dumps({"directory": str(directory), **counts, "numbers": numbers}))
+"""
+
+
+def test_enable_compilation_cache_in_a_user_script_compiles_nothing_the_second_time(tmp_path):
+    """A user's script, fit and predict, run twice as fresh processes on one cache directory."""
+    cache = tmp_path / "new" / "cache"  # created by enable_compilation_cache
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # quick compiles, in both runs alike
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(cache)], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return json.loads(done.stdout.splitlines()[-1])
+
+    cold = run()
+    entries = sorted(p.name for p in cache.iterdir())
+    assert cold["directory"] == str(cache) and cold["requests"] == cold["misses"] > 0 == cold["hits"]
+    assert len(entries) >= cold["misses"]  # every program compiled was written, however quick or small
+    warm = run()
+    assert warm["requests"] == warm["hits"] == cold["misses"] and warm["misses"] == 0  # nothing compiled
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    assert warm["numbers"] == cold["numbers"]  # and it is the same program: the same numbers, bit for bit
 
 
 def test_regression_metrics_match_a_direct_computation():
