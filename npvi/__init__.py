@@ -37,7 +37,8 @@ from npvi.io import load, load_state, save
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
 from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass
-from npvi.predictive import Predictive
+from npvi.prediction import median_model
+from npvi.predictive import Predictive, predict
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
 from npvi.training import DivergenceError, FitResult, Trainer, fit
 from npvi.uncertainty import (
@@ -90,6 +91,8 @@ __all__ = [
     "kl_term",
     "load",
     "load_state",
+    "median_model",
+    "predict",
     "losses",
     "plots",
     "random_eqx_module",

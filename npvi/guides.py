@@ -110,8 +110,11 @@ def _latent(name: str, site: dict[str, Any], full_sizes: dict[str, int]) -> _Lat
     )
 
 
-def _sites_from_trace(trace: Trace) -> Sites:
-    """The layer weights and other latent sites of a model trace; checks concrete observed data (NaN, support)."""
+def _sites_from_trace(trace: Trace, trained: Callable[[str], bool] | None = None) -> Sites:
+    """The layer weights and other latent sites of a model trace; checks concrete observed data (NaN, support).
+
+    ``trained(name)`` false for a latent site: the site was observed in training, and is left out.
+    """
     full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
     weights, seen = [], set()
     for site in trace.values():
@@ -128,6 +131,7 @@ def _sites_from_trace(trace: Trace) -> Sites:
         _latent(name, site, full_sizes)
         for name, site in trace.items()
         if site["type"] == "sample" and not site["is_observed"] and name not in weight_names
+        and (trained is None or trained(name))
     ]
     return Sites(tuple(weights), tuple(latents))
 
@@ -222,13 +226,42 @@ class MeanFieldGuide:
 
     def read_sites(self, *args: Any, **kwargs: Any) -> Sites:
         """The model's layer weights and other latents for these arguments, from an abstract trace."""
+        return self._read_sites(args, kwargs)
 
+    def _read_sites(self, args: tuple, kwargs: dict, trained: Callable[[str], bool] | None = None) -> Sites:
         def read() -> Sites:
             with handlers.block():
                 trace = handlers.trace(handlers.seed(self.model, rng_seed=0)).get_trace(*args, **kwargs)
-            return _sites_from_trace(trace)
+            return _sites_from_trace(trace, trained)
 
         return eval_static(read)
+
+    def setup_from_params(self, params: dict[str, jax.Array], *args: Any, **kwargs: Any) -> Sites:
+        """Set a new guide up for trained ``params`` from the inputs alone, without the observations.
+
+        What a guide made anew for saved params (after :func:`npvi.load`) needs before it predicts.
+        The guide gives every latent site it owns a ``"<site>.loc"`` parameter, so a latent site of
+        the model (for these arguments) with none in ``params`` was observed in training, and stays
+        observed. A guide already set up (by ``svi.init`` or an earlier call) is left as it is.
+        :class:`npvi.Predictive`, :func:`npvi.predict`, :func:`npvi.median_model` and
+        :func:`npvi.to_inference_data` call it for you.
+
+        >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist
+        >>> import npvi
+        >>> def model(x, y=None):
+        ...     mu = npvi.DenseFlipout(1, name="l1")(x)[..., 0]
+        ...     with numpyro.plate("data", x.shape[0]):
+        ...         numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+        >>> params = {"l1.kernel.loc": jnp.zeros((2, 1)), "l1.kernel.untransformed_scale": jnp.zeros((2, 1)),
+        ...           "l1.bias": jnp.zeros(1)}
+        >>> guide = npvi.MeanFieldGuide(model)
+        >>> sites = guide.setup_from_params(params, jnp.ones((4, 2)))  # x only: y was observed
+        >>> [w.name for w in sites.weights], [latent.name for latent in sites.latents]
+        (['l1.kernel'], [])
+        """
+        if self.sites is None:
+            self.sites = self._read_sites(args, kwargs, trained=lambda name: f"{name}.loc" in params)
+        return self.sites
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Sample every latent site from the posterior; returns ``{site: value}``."""

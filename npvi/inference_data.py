@@ -57,8 +57,9 @@ import numpy as np
 import numpyro
 
 from npvi.handlers import LINEAR_MESSAGE
-from npvi.predictive import Trace, chunked_draws, traced_draw
+from npvi.predictive import NAN_PARAMS_HINT, Trace, chunked_draws, traced_draw
 from npvi.tracing import Static, eval_static, partition
+from npvi.validation import check_rng_key, warn_if_not_finite
 
 if TYPE_CHECKING:
     import arviz as az
@@ -258,6 +259,9 @@ def to_inference_data(
     """
     arviz = _import_arviz()
     from npvi import __version__
+
+    check_rng_key("to_inference_data", rng_key, "to_inference_data(model, guide, params, x, y, rng_key=key)")
+    warn_if_not_finite("to_inference_data", "params", params, NAN_PARAMS_HINT)
 
     structure = eval_static(
         lambda params: _structure(

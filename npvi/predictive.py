@@ -31,9 +31,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro import handlers
 
+from npvi.guides import MeanFieldGuide
+from npvi.prediction import median_guide, site_moments, summarize, target_site
 from npvi.sharding import axis_size, examples_sharding, is_array, place, place_tree, replicated, resolve_mesh
 from npvi.tracing import Static, partition
-from npvi.validation import check_numeric
+from npvi.uncertainty import ClassificationSummary, RegressionSummary
+from npvi.validation import check_numeric, check_rng_key, warn_if_not_finite
+
+#: The hint of the warning for params with NaN in them.
+NAN_PARAMS_HINT = "did the fit diverge? npvi.fit stops with DivergenceError there; train with a lower learning rate"
 
 #: What ``Predictive(shard=...)`` spreads over the mesh.
 SHARD_CHOICES = ("draws", "inputs")
@@ -55,7 +61,13 @@ def traced_draw(
     *args: Any,
     **kwargs: Any,
 ) -> tuple[Trace, Trace]:
-    """One posterior draw: the guide's trace, and the model's trace with the guide's latents substituted."""
+    """One posterior draw: the guide's trace, and the model's trace with the guide's latents substituted.
+
+    A :class:`~npvi.MeanFieldGuide` not yet set up (made anew for loaded params) is set up from
+    ``params`` and these inputs first (:meth:`~npvi.MeanFieldGuide.setup_from_params`).
+    """
+    if isinstance(guide, MeanFieldGuide):
+        guide.setup_from_params(params, *args, **kwargs)
     guide_key, model_key = jax.random.split(rng_key)
     guide_trace = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), guide_key)).get_trace(
         *args, **kwargs
@@ -74,9 +86,8 @@ def traced_draw(
     if missing:
         raise ValueError(
             f"the parameters {missing} are not in params: the guide or the model asked for them, so they would "
-            "start from their initial values. Pass the trained params (svi.get_params(state)); a guide set up "
-            "anew (after npvi.load, say) learns which sites are observed on its first call, so call it (or "
-            "svi.init) with the training data first"
+            "start from their initial values. Pass the trained params (svi.get_params(state), or npvi.load's), "
+            "for the model and guide they were trained with"
         )
     return guide_trace, model_trace
 
@@ -130,24 +141,47 @@ def chunked_draws(
 
 
 def _predictions(guide_trace: Trace, model_trace: Trace, return_sites: tuple[str, ...] | None) -> list[str]:
-    """The sites a :class:`Predictive` returns: those named, or the predictions and deterministic sites."""
+    """The sites a :class:`Predictive` returns: those named, or the predictions and deterministic sites.
+
+    Refuses a site whose value was passed in (an observation): its "draws" would be the data.
+    """
     if return_sites is None:
-        return [
+        sites = [
             name
             for name, site in model_trace.items()
             if (site["type"] == "sample" and name not in guide_trace) or site["type"] == "deterministic"
         ]
-    missing = [name for name in return_sites if name not in model_trace]
-    if missing:
-        known = sorted(n for n, s in model_trace.items() if s["type"] in ("sample", "deterministic"))
-        raise ValueError(f"Predictive: return_sites {missing} are not sites of the model; its sites are {known}")
-    return list(return_sites)
+    else:
+        missing = [name for name in return_sites if name not in model_trace]
+        if missing:
+            known = sorted(n for n, s in model_trace.items() if s["type"] in ("sample", "deterministic"))
+            raise ValueError(f"Predictive: return_sites {missing} are not sites of the model; its sites are {known}")
+        sites = list(return_sites)
+    observed = [name for name in sites if model_trace[name]["type"] == "sample" and model_trace[name]["is_observed"]]
+    if observed:
+        raise ValueError(
+            f"Predictive: the site(s) {observed} are observed in this call (their values were passed as arguments), "
+            "so their draws would be the observations themselves. Predict from the inputs alone, "
+            "predictive(rng_key, x) without y; for log-likelihoods of observed data use npvi.to_inference_data"
+        )
+    return sites
+
+
+def _site_values(return_sites: tuple[str, ...] | None, guide_trace: Trace, model_trace: Trace) -> dict[str, jax.Array]:
+    """One draw of a :class:`Predictive` call: the values of its sites."""
+    sites = _predictions(guide_trace, model_trace, return_sites)
+    return {name: jnp.asarray(model_trace[name]["value"]) for name in sites}
+
+
+def _site_moments(site: str | None, guide_trace: Trace, model_trace: Trace) -> dict[str, jax.Array]:
+    """One draw of :meth:`Predictive.predict`: the moments of the predicted site's distribution."""
+    return site_moments(model_trace[target_site(guide_trace, model_trace, site)]["fn"])
 
 
 def _predictive_program(
     model: Callable[..., Any],
     guide: Callable[..., Any],
-    return_sites: tuple[str, ...] | None,
+    select: Callable[[Trace, Trace], dict[str, jax.Array]],
     num_samples: int,
     chunk_size: int,
     rng_key: jax.Array,
@@ -157,7 +191,10 @@ def _predictive_program(
     static: Static,
     spread: tuple[Mesh, str, str] | None = None,
 ) -> dict[str, jax.Array]:
-    """``spread=(mesh, data_axis, shard)``: the draws (``"draws"``) or the positional inputs (``"inputs"``) split."""
+    """``select(guide_trace, model_trace)`` of every draw, stacked.
+
+    ``spread=(mesh, data_axis, shard)``: the draws (``"draws"``) or the positional inputs (``"inputs"``) split.
+    """
     args, kwargs = static.rebuild(arrays)
     if spread is not None and spread[2] == "inputs":
         examples = NamedSharding(spread[0], PartitionSpec(spread[1]))
@@ -167,12 +204,14 @@ def _predictive_program(
         )
 
     def draw(key: jax.Array) -> dict[str, jax.Array]:
-        guide_trace, model_trace = traced_draw(model, guide, params, key, *args, **kwargs)
-        sites = _predictions(guide_trace, model_trace, return_sites)
-        return {name: jnp.asarray(model_trace[name]["value"]) for name in sites}
+        return select(*traced_draw(model, guide, params, key, *args, **kwargs))
 
     draws_spread = spread[:2] if spread is not None and spread[2] == "draws" else None
     return chunked_draws(draw, rng_key, num_samples, chunk_size, spread=draws_spread)
+
+
+def _summary_program(*args: Any, **kwargs: Any) -> RegressionSummary | ClassificationSummary:
+    return summarize(_predictive_program(*args, **kwargs))
 
 
 class Predictive:
@@ -253,18 +292,19 @@ class Predictive:
         self.data_axis = data_axis
         self.shard = shard
         self._replicated = None if self.mesh is None else replicated(self.mesh)
+        warn_if_not_finite("Predictive", "params", params, NAN_PARAMS_HINT)
         self.params = self._replicate(params)  # placed once on the mesh
-        program = functools.partial(
-            _predictive_program,
-            model,
-            guide,
-            None if return_sites is None else tuple(return_sites),
-            self.num_samples,
-            self.chunk_size,
-        )
+        self._program = self._compiled(_predictive_program, functools.partial(_site_values, self._return_sites()))
+        self._summary_programs: dict[str | None, Callable[..., Any]] = {}  # by site, made on the first predict
+
+    def _return_sites(self) -> tuple[str, ...] | None:
+        return None if self.return_sites is None else tuple(self.return_sites)
+
+    def _compiled(self, program: Callable[..., Any], select: Callable[..., Any]) -> Callable[..., Any]:
+        program = functools.partial(program, self.model, self.guide, select, self.num_samples, self.chunk_size)
         if self.mesh is not None:
-            program = functools.partial(program, spread=(self.mesh, data_axis, shard))
-        self._program = jax.jit(program, static_argnames=("static",))
+            program = functools.partial(program, spread=(self.mesh, self.data_axis, self.shard))
+        return jax.jit(program, static_argnames=("static",))
 
     def _replicate(self, tree: Any) -> Any:
         return tree if self._replicated is None else place_tree(tree, self._replicated)
@@ -284,6 +324,24 @@ class Predictive:
 
     def __call__(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Draw ``{site: (num_samples, ...)}`` for the model inputs ``args, kwargs``."""
+        check_rng_key("Predictive", rng_key, "predictive(rng_key, x)")
+        return self._run(self._program, rng_key, args, kwargs)
+
+    def predict(
+        self, rng_key: jax.Array, *args: Any, site: str | None = None, **kwargs: Any
+    ) -> RegressionSummary | ClassificationSummary:
+        """The predictive summary of ``site`` (default: the model's one predicted site) for the inputs.
+
+        Mean class probabilities and their entropy split for a ``Categorical`` or ``Bernoulli``
+        likelihood, else the predictive mean and standard deviation (law of total variance); see
+        :mod:`npvi.prediction`. One compiled program per site, kept like the draws' program.
+        """
+        check_rng_key("Predictive.predict", rng_key, "predictive.predict(rng_key, x)")
+        if site not in self._summary_programs:
+            self._summary_programs[site] = self._compiled(_summary_program, functools.partial(_site_moments, site))
+        return self._run(self._summary_programs[site], rng_key, args, kwargs)
+
+    def _run(self, program: Callable[..., Any], rng_key: jax.Array, args: tuple, kwargs: dict) -> Any:
         for what, value in [*enumerate(args), *kwargs.items()]:
             check_numeric("Predictive", f"argument {what!r}", value)
         if self.mesh is not None:
@@ -293,4 +351,48 @@ class Predictive:
             else:
                 args = self._replicate(args)
         arrays, static = partition((args, kwargs))
-        return self._program(rng_key, self._replicate(self.params), arrays, static=static)
+        return program(rng_key, self._replicate(self.params), arrays, static=static)
+
+
+def predict(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    params: dict[str, jax.Array],
+    *args: Any,
+    rng_key: jax.Array,
+    num_samples: int = 100,
+    chunk_size: int = 100,
+    site: str | None = None,
+    point_estimate: bool = False,
+    **kwargs: Any,
+) -> RegressionSummary | ClassificationSummary:
+    r"""Keras' ``model.predict`` for a Bayesian network: the predictive summary in one call.
+
+    ``num_samples`` posterior draws, ``chunk_size`` at a time (as :class:`Predictive`), and
+    for ``site`` (default: the model's one predicted site) a
+    :class:`~npvi.uncertainty.ClassificationSummary` (``Categorical``, ``Bernoulli``: mean
+    class probabilities ``.probs`` and the entropy split) or a
+    :class:`~npvi.uncertainty.RegressionSummary` (``.mean`` and ``.std`` of the predictive
+    mixture); the maths is in :mod:`npvi.prediction`. ``point_estimate=True`` summarises the
+    posterior-median network (:func:`npvi.median_model`) instead: one deterministic network, its
+    likelihood's own probabilities or mean and standard deviation. For repeated calls keep a
+    ``Predictive`` and call its :meth:`Predictive.predict` (one kept program).
+
+    >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> import npvi
+    >>> def model(x, y=None):
+    ...     logits = npvi.DenseFlipout(3, name="out")(x)
+    ...     with numpyro.plate("data", x.shape[0]):
+    ...         numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
+    >>> params = {"out.kernel.loc": jnp.zeros((2, 3)), "out.kernel.untransformed_scale": jnp.full((2, 3), -5.0),
+    ...           "out.bias": jnp.array([0.0, 1.0, 2.0])}
+    >>> summary = npvi.predict(model, npvi.MeanFieldGuide(model), params, jnp.ones((4, 2)),
+    ...                        rng_key=jax.random.PRNGKey(0))
+    >>> summary.probs.shape, summary.probs.sum(-1).round(5).tolist()
+    ((4, 3), [1.0, 1.0, 1.0, 1.0])
+    """
+    if point_estimate:
+        guide = median_guide(guide, params)
+        num_samples = chunk_size = 1
+    predictive = Predictive(model, guide, params, num_samples, chunk_size=chunk_size)
+    return predictive.predict(rng_key, *args, site=site, **kwargs)

@@ -114,7 +114,9 @@ def _check_positive_int(owner: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_data(data: tuple[Any, ...], batch_size: int, what: str = "data argument") -> int:
+def _check_data(
+    data: tuple[Any, ...], batch_size: int, what: str = "data argument", arrays: str = "data array"
+) -> int:
     if not data:
         raise ValueError(f"fit needs at least one data array (e.g. {FIT_CALL}), got none")
     lengths = []
@@ -133,7 +135,7 @@ def _check_data(data: tuple[Any, ...], batch_size: int, what: str = "data argume
         check_finite("fit", f"{what} {position}", local_rows("fit", array))
         lengths.append(int(array.shape[0]))
     if len(set(lengths)) != 1:
-        raise ValueError(f"fit: every {what} must have the same length on axis 0, got lengths {lengths}")
+        raise ValueError(f"fit: every {arrays} must have the same length on axis 0, got lengths {lengths}")
     num_data = lengths[0]
     if batch_size > num_data:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the data ({num_data} examples)")
@@ -541,7 +543,7 @@ class Trainer:
                 "fit: validation_data must be a tuple of arrays in the order of the training data, e.g. "
                 f"validation_data=(x_val, y_val), got {type(validation_data).__name__}"
             )
-        num_val = _check_data(tuple(validation_data), 1, what="validation_data array")
+        num_val = _check_data(tuple(validation_data), 1, what="validation_data array", arrays="validation_data array")
         arrays, static = partition({**kwargs, NUM_DATA: num_val})
         data = self._place(tuple(validation_data))
         if self.mesh is not None:

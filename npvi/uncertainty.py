@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from numpy.typing import ArrayLike
 
+from npvi.validation import warn_if_not_finite
+
 
 class RegressionSummary(NamedTuple):
     """Predictive mean and standard deviation over the draws (axis 0)."""
@@ -67,6 +69,7 @@ def _check_probs(name: str, probs: ArrayLike, min_ndim: int) -> jax.Array:
         raise ValueError(f"{name}: probs must have at least {min_ndim} dimensions, got shape {probs.shape}")
     if not jnp.issubdtype(probs.dtype, jnp.floating):
         raise TypeError(f"{name}: probs must be floating point, got dtype {probs.dtype}")
+    warn_if_not_finite(name, "probs", probs)
     return probs
 
 
@@ -79,6 +82,7 @@ def regression_summary(draws: ArrayLike) -> RegressionSummary:
     draws = jnp.asarray(draws)
     if draws.ndim < 1 or draws.shape[0] < 1:
         raise ValueError(f"regression_summary: draws must have shape (num_samples, ...), got {draws.shape}")
+    warn_if_not_finite("regression_summary", "draws", draws)
     return RegressionSummary(draws.mean(axis=0), draws.std(axis=0))
 
 

@@ -6,6 +6,7 @@ Every message names the layer, what was expected and what was seen.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import jax
@@ -185,6 +186,34 @@ def check_array_like(owner: str, what: str, value: Any) -> None:
             f"{owner}: {what} is a {type(value).__module__.split('.')[0]} {type(value).__name__} "
             f"({rows} rows x {columns} columns); pass its values as one array, e.g. df.to_numpy(dtype='float32')"
         )
+
+
+def warn_if_not_finite(owner: str, what: str, tree: Any, hint: str = "") -> bool:
+    """Warn (``RuntimeWarning``) when a concrete floating array of ``tree`` holds NaN or infinity; True if it did.
+
+    For results that are still usable in part (params of a diverged fit, draws with a NaN
+    column): a warning, not an error. Tracers are skipped (nothing to look at inside ``jit``).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_not_finite("Predictive", "params", {"w": jnp.array([1.0, jnp.nan])})
+    True
+    >>> print(caught[0].message)
+    Predictive: params hold non-finite values (NaN or infinity) in ['w']; what is computed from them is NaN too
+    """
+    paths = [
+        jax.tree_util.keystr(path, simple=True, separator=".")
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+        and not bool(jnp.all(jnp.isfinite(leaf)))
+    ]  # fmt: skip
+    if paths:
+        where = "" if paths == [""] else f" in {paths}"
+        message = f"{owner}: {what} hold non-finite values (NaN or infinity){where}; what is computed from them is NaN"
+        message += " too"
+        warnings.warn(message + (f"; {hint}" if hint else ""), RuntimeWarning, stacklevel=3)
+    return bool(paths)
 
 
 def check_finite(owner: str, what: str, value: Any) -> None:

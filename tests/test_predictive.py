@@ -109,11 +109,14 @@ def test_bad_arguments(fitted):
         npvi.Predictive(model, guide, params, 10, return_sites=["nope"])(jax.random.PRNGKey(0), X)
 
 
-def test_observations_given_stay_observed_as_in_numpyro(fitted):
+def test_observed_data_passed_to_a_predictive_call_is_refused(fitted):
+    """NumPyro's Predictive would return the observations as the draws (std 0); npvi says so instead."""
     model, guide, params = fitted
-    y = jnp.ones((6, 3))
-    draws = npvi.Predictive(model, guide, params, 3, return_sites=["y"])(jax.random.PRNGKey(0), X, y)
-    np.testing.assert_array_equal(draws["y"], jnp.broadcast_to(y, (3, 6, 3)))
+    for return_sites in (None, ["y"]):
+        with pytest.raises(ValueError, match=r"site\(s\) \['y'\] are observed in this call.*predictive\(rng_key, x\)"):
+            predictive = npvi.Predictive(model, guide, params, 3, return_sites=return_sites)
+            predictive(jax.random.PRNGKey(0), X, jnp.ones((6, 3)))
+    assert sorted(npvi.Predictive(model, guide, params, 3)(jax.random.PRNGKey(0), X)) == ["out"]  # inputs alone
 
 
 def test_other_latents_come_from_the_guide():
@@ -131,25 +134,28 @@ def test_other_latents_come_from_the_guide():
         "sigma.loc": jnp.log(jnp.array(0.5)),
         "sigma.untransformed_scale": jnp.log(jnp.array(1e-4)),  # softplus(u) is about exp(u) for u << 0
     }
-    # As with NumPyro's autoguides, the guide learns which sites are observed on its first call (SVI's init).
-    numpyro.handlers.seed(numpyro.handlers.substitute(guide, data=params), 0)(X, jnp.zeros(6))
+    # A guide made anew for these params (as after npvi.load) is never called on data: "y" has no "y.loc" in
+    # params, so Predictive's guide set-up keeps it observed, and "sigma" is the guide's.
     draws = npvi.Predictive(model, guide, params, 2000, return_sites=["sigma", "y"])(jax.random.PRNGKey(0), X)
     np.testing.assert_allclose(draws["sigma"], 0.5, rtol=1e-3)
     # y ~ N(0, 0.5): 12000 values, standard error of the std about 0.5 / sqrt(2 * 12000)
     assert abs(float(draws["y"].std()) - 0.5) < 5 * 0.5 / np.sqrt(2 * draws["y"].size)
 
 
-def test_a_guide_first_called_without_the_observations_is_a_clear_error():
-    """A fresh guide learns which sites are observed on its first call; without y, y would look latent."""
+def test_a_new_guide_predicts_from_the_inputs_alone_as_a_guide_that_saw_the_data():
+    """After npvi.load a guide is made anew: "y" has no "y.loc" in params, so it stays observed (not latent)."""
 
     def model(x, y=None):
         mu = npvi.DenseFlipout(3, name="l1")(x)
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
-    with pytest.raises(ValueError, match=r"\['y.loc', 'y.untransformed_scale'\] are not in params.*first call"):
-        npvi.Predictive(model, npvi.MeanFieldGuide(model), fixed_params(), 3)(jax.random.PRNGKey(0), X)
+    fresh = npvi.Predictive(model, npvi.MeanFieldGuide(model), fixed_params(), 3)(jax.random.PRNGKey(0), X)
     guide = npvi.MeanFieldGuide(model)
     numpyro.handlers.seed(guide, 0)(X, jnp.zeros((6, 3)))  # as svi.init does: y is observed
-    draws = npvi.Predictive(model, guide, fixed_params(), 3)(jax.random.PRNGKey(0), X)
-    assert draws["y"].shape == (3, 6, 3)
+    seen = npvi.Predictive(model, guide, fixed_params(), 3)(jax.random.PRNGKey(0), X)
+    assert fresh["y"].shape == (3, 6, 3)
+    np.testing.assert_array_equal(fresh["y"], seen["y"])
+    without_bias = {k: v for k, v in fixed_params().items() if k != "l1.bias"}
+    with pytest.raises(ValueError, match=r"\['l1.bias'\] are not in params.*trained params"):
+        npvi.Predictive(model, npvi.MeanFieldGuide(model), without_bias, 3)(jax.random.PRNGKey(0), X)
