@@ -46,6 +46,17 @@ from timing import Variant, interleave, paired_ratio  # noqa: E402
 import npvi  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The figures of docs/benchmarks.md: a full run (not --quick) writes them there too, so the docs show what it drew.
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+DOCS_FIGURES = {"scaling.png": "scaling", "grad_variance.png": "gradvar"}  # figure: the part of the run that draws it
+
+
+def publish(path: Path, figure: str, quick: bool) -> None:
+    """Copy a full run's plot to the docs' figure ``figure`` (a quick run's stays in the results)."""
+    if not quick:
+        DOCS_IMG.mkdir(exist_ok=True)
+        (DOCS_IMG / figure).write_bytes(path.read_bytes())
+        print(f"docs figure: {DOCS_IMG / figure}")
 
 
 def machine() -> dict:
@@ -293,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.out / f"scaling{suffix}.png"
         scaling.plot(sc, path)
         print(f"plot: {path}")
+        publish(path, "scaling.png", args.quick)
         result["scaling"] = sc
     if "gradvar" in parts:
         batches = [16, 256] if args.quick else [16, 64, 256, 1024]
@@ -305,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.out / f"grad_variance{suffix}.png"
         grad_variance.plot(gv, path, draws)
         print(f"plot: {path}")
+        publish(path, "grad_variance.png", args.quick)
         result["grad_variance"] = {"draws": draws, "sizes": grad_variance.PROBLEM.sizes, "values": gv}
 
     if step is not None:

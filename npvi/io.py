@@ -312,7 +312,7 @@ def load_state(path: str | os.PathLike, like: Any, *, name: str | None = None) -
 
     ``like`` is a state of the same structure, e.g. ``trainer.init(key, x, y)`` or
     ``svi.init(...)`` of the same model, guide and optimizer (only its structure, shapes,
-    dtypes and key type are used; ``jax.eval_shape`` of an init will do). The arrays come
+    dtypes and key type are used; ``jax.eval_shape(svi.init, ...)`` will do). The arrays come
     back bit for bit. A file without a state, or a state of another structure (another
     optimizer, another model), raises ``ValueError`` naming the first difference.
     ``name`` reads another state the file holds instead (a checkpoint's ``"best"``).

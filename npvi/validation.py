@@ -202,12 +202,13 @@ def warn_if_not_finite(owner: str, what: str, tree: Any, hint: str = "") -> bool
     >>> print(caught[0].message)
     Predictive: params hold non-finite values (NaN or infinity) in ['w']; what is computed from them is NaN too
     """
-    paths = [
-        jax.tree_util.keystr(path, simple=True, separator=".")
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-        if is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-        and not bool(jnp.all(jnp.isfinite(leaf)))
-    ]  # fmt: skip
+    with jax.ensure_compile_time_eval():  # concrete arrays stay concrete inside a caller's jit
+        paths = [
+            jax.tree_util.keystr(path, simple=True, separator=".")
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+            and not bool(jnp.all(jnp.isfinite(leaf)))
+        ]  # fmt: skip
     if paths:
         where = "" if paths == [""] else f" in {paths}"
         message = f"{owner}: {what} hold non-finite values (NaN or infinity){where}; what is computed from them is NaN"

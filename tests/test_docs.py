@@ -5,9 +5,10 @@ temporary directory with the same flags (``-W --keep-going``: warnings are error
 docstring that breaks the reST, a broken cross-page link or a page left out of the toctree
 fails ``make test``.
 
-The code examples on the pages are long-running scripts (they train networks, about ten
-minutes in all), so they are not part of ``make test``: ``make docs-examples`` runs them
-(``docs/run_examples.py``).
+Every page's code runs here too, top to bottom as one script in a fresh interpreter, and every
+``print`` followed by a comment must print what the comment says (``docs/run_examples.py``,
+which ``make docs-examples`` runs alone). The signatures the pages show for ``npvi.fit``,
+``npvi.Predictive`` and ``npvi.predict`` are the real ones, and every figure comes from the bench.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+BENCH = DOCS.parent / "bench"
+sys.path.insert(0, str(DOCS))
+import run_examples  # noqa: E402
 
 # The pages the issue asks for, plus the user guide's pages.
 PAGES = [
@@ -35,6 +39,7 @@ PAGES = [
     "priors_and_posteriors",
     "estimators",
     "elbo",
+    "training",
     "prediction",
     "arviz",
     "kl_toolkit",
@@ -132,14 +137,80 @@ def test_the_not_yet_list_of_the_tfp_mapping_is_true() -> None:
     assert "tf.distribute" not in section and 'mesh="all"' in mapped
 
 
-def test_the_tfp_classification_example_scores_the_predictive_probabilities(capsys) -> None:
-    """The example Keras users port first predicts class probabilities and scores their argmax."""
+def test_the_tfp_classification_example_scores_the_predictive_probabilities() -> None:
+    """The example Keras users port first predicts class probabilities and scores their argmax; the page's run
+    (test_the_page_runs_and_prints_what_it_says) checks the accuracy it prints."""
     page = (DOCS / "tfp_mapping.md").read_text()
     (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M) if "def classifier" in b]
     assert 'return_sites=["probs"]' in block and "probs.argmax(-1)" in block
-    namespace: dict = {}
-    exec(compile(block, "tfp_mapping.md", "exec"), namespace)  # noqa: S102
-    assert namespace["probs"].shape == (600, 3)
-    printed = capsys.readouterr().out
-    accuracy = float(re.search(r"training accuracy of the predictive probabilities: ([\d.]+)", printed)[1])
-    assert accuracy > 0.8  # three classes from a noisy argmax of the features: chance is 1/3
+    claim = [c for c in run_examples.claims(block) if "training accuracy of the predictive probabilities" in c.text]
+    assert claim and float(re.search(r"probabilities: ([\d.]+)", claim[0].text)[1]) > 0.8  # chance is 1/3
+
+
+@pytest.mark.parametrize("page", [page.name for page in run_examples.pages()])
+def test_the_page_runs_and_prints_what_it_says(page: str) -> None:
+    problems = run_examples.check_page(DOCS / page, timeout=600)
+    assert not problems, f"{page}:\n" + "\n".join(problems)
+
+
+def test_a_claim_is_checked_against_what_its_print_printed() -> None:
+    source = 'print("RMSE 0.10")  # RMSE 0.10: close to the noise\nfor k in (1, 2):\n    print(k)\n# 1\n# 2\n'
+    assert [claim.text for claim in run_examples.claims(source)] == ["RMSE 0.10: close to the noise", "1 2"]
+    stdout = run_examples.instrumented(source)
+    run = subprocess.run([sys.executable, "-c", stdout], capture_output=True, text=True, check=True)
+    assert run_examples.mismatches(source, run.stdout) == []
+    wrong = source.replace("# RMSE 0.10", "# RMSE 0.09")
+    assert run_examples.mismatches(wrong, run.stdout) == [
+        "line 1: claims 'RMSE 0.09: close to the noise' but printed 'RMSE 0.10'"
+    ]
+    assert not run_examples.matches("RMSE 0.101", "RMSE 0.10")  # a longer number is another number
+    assert run_examples.matches("mean ... 0.5", "mean  sd\nsigma 0.5")
+
+
+def _shown_signatures(name: str) -> list[list[str]]:
+    """The parameter names of every ```text signature of ``name(`` on the docs pages."""
+    found = []
+    for page in DOCS.glob("*.md"):
+        for block in re.findall(r"^```text\n(.*?)^```", page.read_text(), flags=re.S | re.M):
+            for call in re.findall(rf"^{re.escape(name)}\((.*?)\)(?:\(| ->|$)", block, flags=re.S | re.M):
+                params = [part.strip().split("=")[0].lstrip("*") for part in call.replace("\n", " ").split(",")]
+                found.append([p for p in params if p and p != "/"])
+    return found
+
+
+@pytest.mark.parametrize("name", ["npvi.fit", "npvi.Predictive", "npvi.predict"])
+def test_the_signatures_shown_in_the_docs_are_the_real_ones(name: str) -> None:
+    import npvi
+
+    real = [p for p in inspect.signature(getattr(npvi, name.split(".")[1])).parameters if p != "self"]
+    shown = _shown_signatures(name)
+    assert shown, f"no page shows the signature of {name}"
+    for params in shown:
+        assert params == real, f"a docs page shows {name}({', '.join(params)}); the real parameters are {real}"
+    if name != "npvi.predict":
+        assert {"mesh", "data_axis"} <= set(shown[0])
+
+
+def test_every_figure_in_the_docs_is_drawn_by_the_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/img holds exactly the figures the pages show, and a full bench run writes each of them there."""
+    shown = {name for page in DOCS.glob("*.md") for name in re.findall(r"!\[[^\]]*\]\(img/([^)]+)\)", page.read_text())}
+    assert shown == {path.name for path in (DOCS / "img").iterdir()}
+    sys.path.insert(0, str(BENCH))
+    import grad_variance
+    import run as bench_run
+    import scaling
+
+    assert shown == set(bench_run.DOCS_FIGURES)
+    monkeypatch.setattr(bench_run, "DOCS_IMG", tmp_path / "img")
+    floor = "deterministic (plain JAX)"
+    points = {"32": {floor: 1.0, "npvi Flipout": 2.1}, "128": {floor: 2.0, "npvi Flipout": 4.5}}
+    drawn = {
+        "scaling.png": lambda path: scaling.plot({"batch": points, "width": points}, path),
+        "grad_variance.png": lambda path: grad_variance.plot({"flipout": {"16": 1.0, "64": 0.3}}, path, 4),
+    }
+    for figure in shown:
+        drawn[figure](tmp_path / figure)
+        bench_run.publish(tmp_path / figure, figure, quick=True)
+        assert not (tmp_path / "img" / figure).exists()  # a quick run's plot is not the docs' figure
+        bench_run.publish(tmp_path / figure, figure, quick=False)
+        assert (tmp_path / "img" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_examples_run_and_print_what_they_claim(capsys):
+def test_readme_examples_run_and_print_what_they_claim(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the first example keeps its checkpoints in ./npvi-run
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert len(blocks) >= 5
     namespace: dict = {}
@@ -27,6 +28,10 @@ def test_readme_examples_run_and_print_what_they_claim(capsys):
     expected = " ".join(line[2:].strip() for line in claimed[1].splitlines())
     assert printed.splitlines()[0] == expected
     assert namespace["mean"].shape == namespace["std"].shape == (200,)
+    assert sorted(p.name for p in (tmp_path / "npvi-run").iterdir())[-1] == f"epoch-{namespace['result'].epoch:06d}.npz"
+    assert namespace["result"].best_epoch is not None and "val_log_likelihood" in namespace["result"].history
+    summary = namespace["summary"]  # npvi.predict: at least the likelihood's noise, 0.1, everywhere
+    assert summary.mean.shape == (200,) and float(summary.std.min()) >= 0.1
     # the fit is good: the predictive mean follows sin(2x) to within the noise
     residual = namespace["mean"] - namespace["jnp"].sin(2.0 * namespace["x"][:, 0])
     assert float(abs(residual).mean()) < 0.1
