@@ -160,9 +160,19 @@ def test_the_compilation_cache_is_on_by_default_and_changes_no_number(tmp_path):
     warm = run("warm")
     assert len(list(cache.iterdir())) == entries  # every program came from the cache
     assert warm == cold
-    env["NPVI_CACHE_DIR"] = str(tmp_path / "unused")
-    assert run("off", "--no-cache") == cold
-    assert not (tmp_path / "unused").exists()
+
+
+def test_no_cache_leaves_the_compilation_cache_off(monkeypatch, tmp_path):
+    """``--no-cache`` never turns the cache on (the demo itself is mocked: the cache's numbers are tested above)."""
+    import npvi.cli
+    import npvi.demo
+
+    calls = []
+    monkeypatch.setattr(npvi.cli, "enable_compilation_cache", lambda *a: calls.append("cache"))
+    monkeypatch.setattr(npvi.demo, "run_demo", lambda *a, **k: calls.append("demo"))
+    assert npvi.cli.main(["demo", "--no-cache", "--out", str(tmp_path)]) == 0
+    assert npvi.cli.main(["demo", "--out", str(tmp_path)]) == 0
+    assert calls == ["demo", "cache", "demo"]
 
 
 USER_SCRIPT = """
