@@ -221,7 +221,11 @@ class Predictive:
     ``{site: array of shape (num_samples, ...)}``. With ``return_sites=None``
     it returns the model's sample sites that the guide does not sample (the
     predictions) and its deterministic sites; name latent sites in
-    ``return_sites`` to get their posterior draws too.
+    ``return_sites`` to get their posterior draws too. Call it with the inputs
+    alone: an observation passed in (``predictive(key, x, y)``) is a ``ValueError``,
+    since its "draws" would be the data (NumPyro's ``Predictive`` returns them so).
+    :meth:`predict` gives the predictive summary instead of the draws, and a
+    :class:`~npvi.MeanFieldGuide` made anew for loaded params needs no call on data.
 
     For each draw :math:`s`: :math:`W_s \sim q_\phi`, then the model runs with
     :math:`W_s` substituted, so a site ``y`` returns
