@@ -15,11 +15,12 @@ demo: $(BIN)/python
 
 # `make test` runs ruff, then pytest: the unit tests, the doctests, the README's examples, the Sphinx
 # docs build and every notebook with small settings.
-# pytest-xdist spreads the tests over every core (-n auto); a single file runs fine without it.
+# pytest-xdist spreads the tests over every core (-n auto), keeping each xdist_group on one worker (the
+# Sphinx build of tests/test_docs.py is made once); a single file runs fine without it.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/ruff check npvi tests bench docs notebooks examples
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # HTML docs in docs/_build/html; warnings are errors.
 docs: $(BIN)/python

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -37,6 +39,45 @@ def _stamp_arviz_warning_for_today() -> None:
 
 
 _stamp_arviz_warning_for_today()
+
+#: Where this process's JAX compilation cache lives (one directory per test process).
+_CACHE_DIR = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test process, and every interpreter a test starts, shares JAX's persistent compilation cache.
+
+    Most of the suite's time is XLA compiling small programs, and many tests compile the same
+    program again (the same model at the same shapes, NumPyro's and npvi's programs, the eager
+    ops), in this process or in a fresh one: a docs page, a notebook, the README. With the cache
+    (:func:`npvi.enable_compilation_cache`, the call the docs give users) the later ones load the
+    program instead. A cached program is the program the compiler made, so no number changes,
+    and tests that count compiles still see every request. One directory per pytest-xdist worker,
+    removed at the end: a worker runs one test at a time, so no two processes write one entry at
+    once (the tests that run processes side by side give them no cache). The subprocesses inherit
+    the directory through JAX's environment variables; a test that sets a cache of its own wins.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    directory = Path(tempfile.mkdtemp(prefix=f"npvi-tests-jax-cache-{worker}-"))
+    config.stash[_CACHE_DIR] = directory
+    npvi.enable_compilation_cache(directory)
+    os.environ.update(
+        {
+            "JAX_COMPILATION_CACHE_DIR": str(directory),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+        }
+    )
+
+
+def without_compilation_cache(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the test cache's variables: for processes that run side by side or get killed."""
+    prefixes = ("JAX_COMPILATION_CACHE", "JAX_PERSISTENT")
+    return {name: value for name, value in env.items() if not name.startswith(prefixes)}
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash.get(_CACHE_DIR, None) or "", ignore_errors=True)
 
 
 def svi_traces(model, guide, params, rng_key, *args, **kwargs):

@@ -50,6 +50,11 @@ PAGES = [
 ]
 
 
+#: The tests that read the built HTML run on one pytest-xdist worker (``--dist loadgroup``), so the
+#: module-scoped build below happens once per run, not once per worker.
+SPHINX = pytest.mark.xdist_group("sphinx-html")
+
+
 @pytest.fixture(scope="module")
 def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the HTML docs once for this module; fail with Sphinx's output if it warns."""
@@ -74,15 +79,18 @@ def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "html"
 
 
+@SPHINX
 def test_docs_build_without_warnings(html: Path) -> None:
     assert (html / "index.html").is_file()
 
 
+@SPHINX
 @pytest.mark.parametrize("page", PAGES)
 def test_page_exists(html: Path, page: str) -> None:
     assert (html / f"{page}.html").is_file(), f"{page}.html is missing from the build"
 
 
+@SPHINX
 def test_pages_are_titled(html: Path) -> None:
     titles = {page: re.search(r"<title>(.*?)</title>", (html / f"{page}.html").read_text()).group(1) for page in PAGES}
     assert titles["tfp_mapping"].startswith("Migrating from TFP")
@@ -91,6 +99,7 @@ def test_pages_are_titled(html: Path) -> None:
     assert titles["benchmarks"].startswith("Benchmarks")
 
 
+@SPHINX
 def test_api_page_documents_every_public_name(html: Path) -> None:
     """Every name in ``npvi.__all__`` (and each API module) has an entry on the API page."""
     import npvi
@@ -106,6 +115,7 @@ def test_api_page_documents_every_public_name(html: Path) -> None:
         assert f'id="module-npvi.{module}"' in api
 
 
+@SPHINX
 def test_public_names_link_to_the_api_page(html: Path) -> None:
     """``{class}`npvi.DenseFlipout``` in a page resolves to the object documented in its module."""
     index = (html / "index.html").read_text()

@@ -189,7 +189,8 @@ def test_three_layer_mixed_model_trains():
             numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
     guide = npvi.MeanFieldGuide(model)
-    result = SVI(model, guide, optax.adam(1e-2), npvi.ELBO()).run(key, 1500, x, y, progress_bar=False)
+    # 600 steps at 2e-2 (the loss falls by 795; 1500 at 1e-2, 993, spent 6 s more on the same assertions).
+    result = SVI(model, guide, optax.adam(2e-2), npvi.ELBO()).run(key, 600, x, y, progress_bar=False)
     assert result.losses[-100:].mean() < result.losses[:100].mean() - 500
     pred = numpyro.infer.Predictive(model, guide=guide, params=result.params, num_samples=50)(
         jax.random.PRNGKey(2), x

@@ -31,12 +31,13 @@ from npvi.sharding import resolve_mesh
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 import multiprocess_fit as example  # noqa: E402
+from conftest import without_compilation_cache  # noqa: E402
 
 RTOL = 1e-5  # the order of the sums over the minibatch changes with the number of devices
 
 
 def quick_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in without_compilation_cache(dict(os.environ)).items() if k != "XLA_FLAGS"}
     return {**env, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 
