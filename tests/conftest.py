@@ -1,4 +1,4 @@
-"""Shared helpers: run a guide and a model the way an SVI step does; count XLA compiles."""
+"""Shared helpers: run a guide and a model the way an SVI step does; count XLA compiles; a compilation cache."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -42,6 +43,12 @@ _stamp_arviz_warning_for_today()
 
 #: Where this process's JAX compilation cache lives (one directory per test process).
 _CACHE_DIR = pytest.StashKey[Path]()
+#: JAX's environment variables for it (directory, min compile time 0 s, no min size), which subprocesses inherit.
+CACHE_VARIABLES = (
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,23 +68,18 @@ def pytest_configure(config: pytest.Config) -> None:
     directory = Path(tempfile.mkdtemp(prefix=f"npvi-tests-jax-cache-{worker}-"))
     config.stash[_CACHE_DIR] = directory
     npvi.enable_compilation_cache(directory)
-    os.environ.update(
-        {
-            "JAX_COMPILATION_CACHE_DIR": str(directory),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-        }
-    )
+    os.environ.update(dict(zip(CACHE_VARIABLES, (str(directory), "0", "-1"), strict=True)))
 
 
-def without_compilation_cache(env: dict[str, str]) -> dict[str, str]:
+def without_compilation_cache(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` without the test cache's variables: for processes that run side by side or get killed."""
-    prefixes = ("JAX_COMPILATION_CACHE", "JAX_PERSISTENT")
-    return {name: value for name, value in env.items() if not name.startswith(prefixes)}
+    return {name: value for name, value in env.items() if name not in CACHE_VARIABLES}
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(config.stash.get(_CACHE_DIR, None) or "", ignore_errors=True)
+    directory = config.stash.get(_CACHE_DIR, None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def svi_traces(model, guide, params, rng_key, *args, **kwargs):

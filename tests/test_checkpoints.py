@@ -169,7 +169,7 @@ def test_a_killed_fit_process_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL mid-run, as a preempted job dies: whole files only, and the resumed run is the uninterrupted one."""
     directory = tmp_path / "run"
     # The same XLA flag as this test's (quick_xla): the same programs, so the same numbers in both processes.
-    env = {**without_compilation_cache(dict(os.environ)), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    env = {**without_compilation_cache(os.environ), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     process = subprocess.Popen([sys.executable, worker.__file__, str(directory)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     checkpoints = worker.checkpoints(directory)

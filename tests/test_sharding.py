@@ -37,7 +37,7 @@ RTOL = 1e-5  # the order of the sums over the minibatch changes with the number 
 
 
 def quick_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in without_compilation_cache(dict(os.environ)).items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in without_compilation_cache(os.environ).items() if k != "XLA_FLAGS"}
     return {**env, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 
