@@ -188,6 +188,12 @@ def check_array_like(owner: str, what: str, value: Any) -> None:
         )
 
 
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    """Whether each array is free of NaN and infinity: one program (one compile) for the whole list."""
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
+
+
 def warn_if_not_finite(owner: str, what: str, tree: Any, hint: str = "") -> bool:
     """Warn (``RuntimeWarning``) when a concrete floating array of ``tree`` holds NaN or infinity; True if it did.
 
@@ -202,13 +208,14 @@ def warn_if_not_finite(owner: str, what: str, tree: Any, hint: str = "") -> bool
     >>> print(caught[0].message)
     Predictive: params hold non-finite values (NaN or infinity) in ['w']; what is computed from them is NaN too
     """
+    checked = [
+        (jax.tree_util.keystr(path, simple=True, separator="."), leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
     with jax.ensure_compile_time_eval():  # concrete arrays stay concrete inside a caller's jit
-        paths = [
-            jax.tree_util.keystr(path, simple=True, separator=".")
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-            if is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-            and not bool(jnp.all(jnp.isfinite(leaf)))
-        ]  # fmt: skip
+        finite = np.asarray(_all_finite([leaf for _, leaf in checked])) if checked else []
+    paths = [path for (path, _), ok in zip(checked, finite, strict=True) if not ok]
     if paths:
         where = "" if paths == [""] else f" in {paths}"
         message = f"{owner}: {what} hold non-finite values (NaN or infinity){where}; what is computed from them is NaN"
