@@ -79,6 +79,8 @@ class Recipe:
 
 
 RECIPE = Recipe()
+#: The baselines ``bench/baselines.py`` trains beside npvi, on the same splits and network.
+BASELINES = ("MC dropout", "deep ensemble")
 
 
 @dataclass(frozen=True)
@@ -144,15 +146,8 @@ def make_model(n_hidden: int, estimator: str):
     return model
 
 
-def run_split(data: Dataset, split: int, recipe: Recipe, seed: int) -> dict[str, float]:
-    """Train on one split and score its test rows: RMSE and log-likelihood in original units."""
-    import jax
-    import optax
-    from numpyro.infer import SVI
-
-    import npvi
-    from npvi.demo import regression_metrics
-
+def standardised_split(data: Dataset, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """``x_train, y_train, x_test, y_test`` standardised with the training rows' statistics, and the target's std."""
     train, test = data.splits[split]
     x_mean, x_std = data.x[train].mean(0), data.x[train].std(0)
     x_std = np.where(x_std > 0, x_std, 1.0)  # constant columns (naval)
@@ -161,21 +156,58 @@ def run_split(data: Dataset, split: int, recipe: Recipe, seed: int) -> dict[str,
     y_train = ((data.y[train] - y_mean) / y_std).astype(np.float32)
     x_test = ((data.x[test] - x_mean) / x_std).astype(np.float32)
     y_test = ((data.y[test] - y_mean) / y_std).astype(np.float32)
+    return x_train, y_train, x_test, y_test, float(y_std)
 
-    model = make_model(data.n_hidden, recipe.estimator)
-    guide = npvi.MeanFieldGuide(model)
-    svi = SVI(model, guide, optax.adam(recipe.learning_rate), npvi.ELBO())
+
+def split_keys(seed: int, split: int):
+    """The training and prediction keys of split ``split``: every method gets the same two."""
+    import jax
+
     # Each split its own key: the splits are then independent runs, and their mean averages over
     # the initialisation too (on energy about half of all initial points end in a worse optimum).
-    fit_key, predict_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), split))
-    epochs = recipe.epochs(len(train))
-    result = npvi.fit(
-        svi, fit_key, x_train, y_train, num_epochs=epochs, batch_size=recipe.batch_size, progress_bar=False
-    )
-    draws = npvi.Predictive(model, guide, result.params, recipe.num_samples, return_sites=["mu", "sigma"])(
-        predict_key, x_test
-    )
-    metrics = regression_metrics(draws["mu"], draws["sigma"], y_test, float(y_std))
+    return jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), split))
+
+
+def run_split(data: Dataset, split: int, recipe: Recipe, seed: int, method: str = "npvi") -> dict[str, float]:
+    """Train ``method`` on one split and score its test rows: RMSE and log-likelihood in original units.
+
+    ``method`` is ``"npvi"`` (the recipe), or one of :data:`BASELINES`, trained with the recipe's
+    optimiser, batch size and number of epochs on the same network.
+    """
+    import jax
+    import optax
+    from numpyro.infer import SVI
+
+    import npvi
+    from npvi.demo import regression_metrics
+
+    x_train, y_train, x_test, y_test, y_std = standardised_split(data, split)
+    fit_key, predict_key = split_keys(seed, split)
+    epochs = recipe.epochs(len(x_train))
+    if method == "npvi":
+        model = make_model(data.n_hidden, recipe.estimator)
+        guide = npvi.MeanFieldGuide(model)
+        svi = SVI(model, guide, optax.adam(recipe.learning_rate), npvi.ELBO())
+        result = npvi.fit(
+            svi, fit_key, x_train, y_train, num_epochs=epochs, batch_size=recipe.batch_size, progress_bar=False
+        )
+        draws = npvi.Predictive(model, guide, result.params, recipe.num_samples, return_sites=["mu", "sigma"])(
+            predict_key, x_test
+        )
+        mu, sigma = draws["mu"], draws["sigma"]
+    elif method in BASELINES:
+        import baselines
+
+        training = {"n_hidden": data.n_hidden, "epochs": epochs, "batch_size": recipe.batch_size,
+                    "learning_rate": recipe.learning_rate}  # fmt: skip
+        if method == "MC dropout":
+            mu, sigma = baselines.mc_dropout(fit_key, x_train, y_train, x_test, num_samples=recipe.num_samples,
+                                             **training)  # fmt: skip
+        else:
+            mu, sigma = baselines.deep_ensemble(fit_key, x_train, y_train, x_test, **training)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected 'npvi' or one of {BASELINES}")
+    metrics = regression_metrics(jax.device_get(mu), jax.device_get(sigma), y_test, y_std)
     return {"rmse": metrics["rmse"], "ll": -metrics["nll"], "epochs": epochs}
 
 
@@ -186,24 +218,38 @@ def summarise(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), se
 
 
+def _cell(summary: dict | None, digits: int = 3) -> str:
+    if summary is None:
+        return "–"
+    (rmse, rmse_se), (ll, ll_se) = summary["rmse"], summary["ll"]
+    return f"{rmse:.{digits}f}±{rmse_se:.{digits}f} / {ll:.{digits}f}±{ll_se:.{digits}f}"
+
+
 def markdown_table(results: dict[str, dict]) -> str:
-    """npvi beside the published numbers; a verdict against the VI column."""
+    """npvi and the baselines of this run (RMSE / LL) beside the published numbers, with two verdicts.
+
+    "beats VI": npvi's RMSE and LL both better than published VI's. "LL vs MC dropout": npvi's LL
+    against MC dropout's, this run's and the published one.
+    """
     lines = [
-        "| dataset | splits | npvi RMSE | npvi LL | VI (Graves 2011) | PBP | MC dropout | beats VI |",
-        "|---|---:|---|---|---|---|---|---|",
+        "| dataset | splits | npvi | MC dropout (this run) | deep ensemble (this run) | VI (Graves 2011) | PBP "
+        "| MC dropout (published) | beats VI | LL vs MC dropout (run / published) |",
+        "|---|---:|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        rmse, rmse_se = result["rmse"]
-        ll, ll_se = result["ll"]
+        rmse, ll = result["rmse"][0], result["ll"][0]
         published = PUBLISHED.get(name, {})
         cells = [f"{p[0]:.2f}±{p[1]:.2f} / {p[2]:.2f}±{p[3]:.2f}" if p else "–"
                  for p in (published.get(m) for m in ("VI", "PBP", "MC dropout"))]  # fmt: skip
-        vi = published.get("VI")
+        vi, dropout = published.get("VI"), published.get("MC dropout")
         verdict = "–" if vi is None else ("yes" if rmse < vi[0] and ll > vi[2] else "no")
+        ours = result.get("baselines", {}).get("MC dropout")
+        against = ["–" if ref is None else ("ahead" if ll > ref else "behind")
+                   for ref in (ours and ours["ll"][0], dropout and dropout[2])]  # fmt: skip
+        baseline_cells = [_cell(result.get("baselines", {}).get(m)) for m in BASELINES]
         lines.append(
-            f"| {name} | {result['splits']} | {rmse:.3f}±{rmse_se:.3f} | {ll:.3f}±{ll_se:.3f} | "
-            + " | ".join(cells)
-            + f" | {verdict} |"
+            f"| {name} | {result['splits']} | {_cell(result)} | " + " | ".join(baseline_cells + cells)
+            + f" | {verdict} | {' / '.join(against)} |"
         )
     return "\n".join(lines)
 
@@ -217,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/uci.json", help="JSON file for the per-split results")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a field of the recipe, to explore (the table uses the default)")  # fmt: skip
+    parser.add_argument("--no-baselines", action="store_true",
+                        help=f"train npvi's recipe only, not the baselines ({', '.join(BASELINES)})")  # fmt: skip
     args = parser.parse_args(argv)
     fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
     changes = {}
@@ -228,26 +276,30 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dataclasses.replace(RECIPE, **changes)
 
     folders = [folder for root in args.data for folder in dataset_folders(root)]
+    methods = ["npvi"] + ([] if args.no_baselines else list(BASELINES))
     results: dict[str, dict] = {}
     for folder in folders:
         data = load_dataset(folder)
         splits = range(len(data.splits) if args.splits is None else min(args.splits, len(data.splits)))
-        start = time.perf_counter()
-        per_split = []
-        for k in splits:
-            per_split.append(run_split(data, k, recipe, args.seed))
-            print(f"{data.name} split {k}: RMSE {per_split[-1]['rmse']:.4f}  LL {per_split[-1]['ll']:.4f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        results[data.name] = {
-            "splits": len(per_split),
-            "rmse": summarise([r["rmse"] for r in per_split]),
-            "ll": summarise([r["ll"] for r in per_split]),
-            "seconds": time.perf_counter() - start,
-            "per_split": per_split,
-        }
-        rmse, ll = results[data.name]["rmse"], results[data.name]["ll"]
-        print(f"{data.name}: RMSE {rmse[0]:.4f} ± {rmse[1]:.4f}, LL {ll[0]:.4f} ± {ll[1]:.4f} "
-              f"({len(per_split)} splits, {results[data.name]['seconds']:.0f} s)", flush=True)  # fmt: skip
+        rows = {}
+        for method in methods:
+            start = time.perf_counter()
+            per_split = []
+            for k in splits:
+                per_split.append(run_split(data, k, recipe, args.seed, method))
+                print(f"{data.name} {method} split {k}: RMSE {per_split[-1]['rmse']:.4f}  LL {per_split[-1]['ll']:.4f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            rows[method] = {
+                "splits": len(per_split),
+                "rmse": summarise([r["rmse"] for r in per_split]),
+                "ll": summarise([r["ll"] for r in per_split]),
+                "seconds": time.perf_counter() - start,
+                "per_split": per_split,
+            }
+            rmse, ll = rows[method]["rmse"], rows[method]["ll"]
+            print(f"{data.name} {method}: RMSE {rmse[0]:.4f} ± {rmse[1]:.4f}, LL {ll[0]:.4f} ± {ll[1]:.4f} "
+                  f"({len(per_split)} splits, {rows[method]['seconds']:.0f} s)", flush=True)  # fmt: skip
+        results[data.name] = {**rows.pop("npvi"), "baselines": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"recipe": asdict(recipe), "seed": args.seed, "results": results}, indent=1) + "\n")

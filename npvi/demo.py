@@ -315,11 +315,12 @@ def cnn_layout(config: CNNConfig = CNN_CONFIG, num_classes: int = 10) -> str:
 def regression_metrics(mu: ArrayLike, sigma: ArrayLike, y: ArrayLike, y_std: float) -> dict[str, float]:
     """RMSE of the predictive mean and the average predictive NLL, in original units.
 
-    ``mu`` has shape ``(S, n)`` and ``sigma`` shape ``(S,)``, both in standardised
+    ``mu`` has shape ``(S, n)`` and ``sigma`` shape ``(S,)`` (one noise scale per draw) or
+    ``(S, n)`` (one per draw and row, as a deep ensemble's members predict), both in standardised
     units, like ``y`` (shape ``(n,)``); ``y_std`` converts back to original units.
     The predictive density of ``y_i`` is the mixture
-    :math:`\\frac{1}{S}\\sum_s \\mathcal{N}(y_i \\mid \\mu_{s,i}, \\sigma_s)`, so
-    ``nll = -mean_i log mean_s N(y_i | mu_si, sigma_s) + log(y_std)``.
+    :math:`\\frac{1}{S}\\sum_s \\mathcal{N}(y_i \\mid \\mu_{s,i}, \\sigma_{s,i})`, so
+    ``nll = -mean_i log mean_s N(y_i | mu_si, sigma_si) + log(y_std)``.
 
     >>> m = regression_metrics(np.zeros((2, 3)), np.ones(2), np.zeros(3), 1.0)
     >>> m["rmse"], round(m["nll"], 4)  # -log N(0 | 0, 1) = log(2 pi) / 2
@@ -327,8 +328,8 @@ def regression_metrics(mu: ArrayLike, sigma: ArrayLike, y: ArrayLike, y_std: flo
     """
     mu, sigma, y = (np.asarray(a, dtype=np.float64) for a in (mu, sigma, y))
     rmse = float(np.sqrt(np.mean((mu.mean(0) - y) ** 2))) * y_std
-    log_density = norm.logpdf(y, loc=mu, scale=sigma[:, None])
-    log_predictive = logsumexp(log_density, axis=0) - math.log(len(sigma))
+    log_density = norm.logpdf(y, loc=mu, scale=sigma[:, None] if sigma.ndim == 1 else sigma)
+    log_predictive = logsumexp(log_density, axis=0) - math.log(len(mu))
     return {"rmse": rmse, "nll": float(-np.mean(log_predictive)) + math.log(y_std)}
 
 
