@@ -127,10 +127,12 @@ def _train(loss, params, rng_key, x, y, *, epochs, batch_size, learning_rate, sc
     return params if score is None else best
 
 
+@functools.partial(jax.jit, static_argnames=("n_hidden", "epochs", "batch_size", "learning_rate", "num_samples",
+                                             "rate", "lengthscale"))  # fmt: skip
 def mc_dropout(
     rng_key: jax.Array,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
     x_test: np.ndarray,
     *,
     n_hidden: int,
@@ -141,13 +143,7 @@ def mc_dropout(
     rate: float = DROPOUT_RATE,
     lengthscale: float = LENGTHSCALE,
 ) -> tuple[jax.Array, jax.Array]:
-    """Train MC dropout; the test means of ``num_samples`` masks ``(T, n_test)`` and the noise scales ``(T,)``."""
-    return _mc_dropout(rng_key, jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), n_hidden, epochs,
-                       batch_size, learning_rate, num_samples, rate, lengthscale)  # fmt: skip
-
-
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 10))
-def _mc_dropout(rng_key, x, y, x_test, n_hidden, epochs, batch_size, learning_rate, num_samples, rate, lengthscale):
+    """Train MC dropout on ``x, y``; the test means of ``num_samples`` masks ``(T, n_test)``, noise scales ``(T,)``."""
     init_key, train_key, predict_key = jax.random.split(rng_key, 3)
     params = {**init_mlp(init_key, x.shape[1], n_hidden, 1), "log_sigma": jnp.zeros(())}
     n = x.shape[0]
@@ -190,10 +186,11 @@ def ensemble_member_output(params: dict, x: jax.Array) -> tuple[jax.Array, jax.A
     return out[..., 0], jnp.sqrt(jax.nn.softplus(out[..., 1]) + 1e-6)
 
 
+@functools.partial(jax.jit, static_argnames=("n_hidden", "epochs", "batch_size", "learning_rate", "size"))
 def deep_ensemble(
     rng_key: jax.Array,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
     x_test: np.ndarray,
     *,
     n_hidden: int,
@@ -202,13 +199,7 @@ def deep_ensemble(
     learning_rate: float,
     size: int = ENSEMBLE_SIZE,
 ) -> tuple[jax.Array, jax.Array]:
-    """Train ``size`` members; their test means and scales, each of shape ``(size, n_test)``."""
-    return _deep_ensemble(rng_key, jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), n_hidden,
-                          epochs, batch_size, learning_rate, size)  # fmt: skip
-
-
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
-def _deep_ensemble(rng_key, x, y, x_test, n_hidden, epochs, batch_size, learning_rate, size):
+    """Train ``size`` members on ``x, y``; their test means and scales, each of shape ``(size, n_test)``."""
     split_key, members_key = jax.random.split(rng_key)
     order = jax.random.permutation(split_key, x.shape[0])
     held_out = max(1, int(HELD_OUT * x.shape[0]))

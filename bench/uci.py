@@ -245,10 +245,11 @@ def markdown_table(results: dict[str, dict]) -> str:
                  for p in (published.get(m) for m in ("VI", "PBP", "MC dropout"))]  # fmt: skip
         vi, dropout = published.get("VI"), published.get("MC dropout")
         verdict = "–" if vi is None else ("yes" if rmse < vi[0] and ll > vi[2] else "no")
-        ours = result.get("baselines", {}).get("MC dropout")
+        runs = result.get("baselines", {})
+        ours = runs.get("MC dropout")
         against = ["–" if ref is None else ("ahead" if ll > ref else "behind")
                    for ref in (ours and ours["ll"][0], dropout and dropout[2])]  # fmt: skip
-        baseline_cells = [_cell(result.get("baselines", {}).get(m)) for m in BASELINES]
+        baseline_cells = [_cell(runs.get(m)) for m in BASELINES]
         lines.append(
             f"| {name} | {result['splits']} | {_cell(result)} | " + " | ".join(baseline_cells + cells)
             + f" | {verdict} | {' / '.join(against)} |"
