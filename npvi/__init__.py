@@ -34,6 +34,7 @@ from npvi.flax_modules import random_flax_module, random_nnx_module
 from npvi.guides import MeanFieldGuide
 from npvi.inference_data import to_inference_data
 from npvi.io import load, load_state, save
+from npvi.ivon import IVONState, ivon
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
 from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass
@@ -74,6 +75,7 @@ __all__ = [
     "ELBO",
     "EarlyStopping",
     "FitResult",
+    "IVONState",
     "KLDivergenceAddLoss",
     "KLDivergenceRegularizer",
     "MeanFieldGuide",
@@ -87,6 +89,7 @@ __all__ = [
     "enable_compilation_cache",
     "expected_calibration_error",
     "fit",
+    "ivon",
     "handlers",
     "kl_term",
     "load",
