@@ -147,7 +147,7 @@ def test_fit_with_ivon_finds_the_mean_field_posterior_of_a_linear_regression():
     assert np.all(np.abs(np.asarray(result.params["l1.kernel.loc"])[:, 0] - mean) < 0.5 * sigma)
 
 
-def test_ivon_trains_a_converted_equinox_network_and_its_point_layers():
+def test_ivon_trains_a_converted_equinox_network_and_its_point_layers(tmp_path):
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
     y = jnp.tanh(x @ jnp.array([[1.0, 0.0], [-1.0, 1.0], [0.5, 0.5]]))
     mlp = eqx.nn.MLP(3, 2, width_size=8, depth=2, key=jax.random.PRNGKey(3))
@@ -165,6 +165,9 @@ def test_ivon_trains_a_converted_equinox_network_and_its_point_layers():
     [state] = [node for node in jax.tree.leaves(result.state.optim_state, is_leaf=is_state) if is_state(node)]
     assert "net/layers[2].weight.loc" in state.hessian and "net/layers[0].weight" in state.momentum
     assert "net/layers[0].weight" not in state.hessian
+    npvi.save(tmp_path / "run.npz", [], result.params, state=result.state)  # IVON's state is a checkpoint's too
+    saved = npvi.load_state(tmp_path / "run.npz", like=result.state).state
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), saved, result.state))
 
 
 @pytest.mark.parametrize(
