@@ -73,6 +73,10 @@ class Recipe:
     min_steps: int = 20_000
     min_epochs: int = 40
     num_samples: int = 500  # posterior predictive draws for the test metrics
+    #: "adam" (optax.adam(learning_rate)) or "ivon" (npvi.ivon(learning_rate, ess=training rows, ...)).
+    optimizer: str = "adam"
+    hess_init: float = 1.0  # IVON's only
+    beta2: float = 0.99999  # IVON's only
 
     def epochs(self, num_train: int) -> int:
         """Epochs for ``num_train`` training rows: enough for ``min_steps`` steps and ``min_epochs``."""
@@ -189,7 +193,15 @@ def run_split(data: Dataset, split: int, recipe: Recipe, seed: int, method: str 
     if method == "npvi":
         model = make_model(data.n_hidden, recipe.estimator)
         guide = npvi.MeanFieldGuide(model)
-        svi = SVI(model, guide, optax.adam(recipe.learning_rate), npvi.ELBO())
+        if recipe.optimizer == "adam":
+            optimizer = optax.adam(recipe.learning_rate)
+        elif recipe.optimizer == "ivon":
+            optimizer = npvi.ivon(
+                recipe.learning_rate, ess=len(x_train), hess_init=recipe.hess_init, beta2=recipe.beta2
+            )
+        else:
+            raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected 'adam' or 'ivon'")
+        svi = SVI(model, guide, optimizer, npvi.ELBO())
         result = npvi.fit(
             svi, fit_key, x_train, y_train, num_epochs=epochs, batch_size=recipe.batch_size, progress_bar=False
         )
