@@ -83,6 +83,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from npvi.posteriors import softplus_scale
+
 LOC = ".loc"
 UNTRANSFORMED_SCALE = ".untransformed_scale"
 
@@ -111,10 +113,6 @@ def _normal_locs(params: Mapping[str, jax.Array]) -> list[str]:
     return [
         name for name in params if name.endswith(LOC) and name[: -len(LOC)] + UNTRANSFORMED_SCALE in params
     ]
-
-
-def _scale(untransformed_scale: jax.Array) -> jax.Array:
-    return jax.nn.softplus(untransformed_scale) + jnp.finfo(untransformed_scale.dtype).eps
 
 
 def _untransformed(scale: jax.Array) -> jax.Array:
@@ -178,14 +176,13 @@ def ivon(
         alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
         debias = 1.0 - beta1 ** count.astype(jnp.float32)
         updates, momentum, hessian = {}, {}, {}
-        for name, mean in params.items():
-            if name not in state.momentum:
-                continue
-            m = beta1 * state.momentum[name] + (1.0 - beta1) * grads[name] / ess
+        for name, previous_momentum in state.momentum.items():
+            mean = params[name]
+            m = beta1 * previous_momentum + (1.0 - beta1) * grads[name] / ess
             if name in state.hessian:
                 u_name = name[: -len(LOC)] + UNTRANSFORMED_SCALE
                 u = params[u_name]
-                sigma = _scale(u)
+                sigma = softplus_scale(u)
                 h_hat = (grads[u_name] / jax.nn.sigmoid(u) / sigma + 1.0 / sigma**2) / ess
                 h = state.hessian[name]
                 h = beta2 * h + (1.0 - beta2) * h_hat + 0.5 * (1.0 - beta2) ** 2 * (h - h_hat) ** 2 / (h + weight_decay)

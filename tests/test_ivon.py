@@ -15,7 +15,7 @@ import pytest
 from numpyro.infer import SVI
 
 import npvi
-from npvi.posteriors import softplus_scale
+from npvi.posteriors import inverse_softplus_scale, softplus_scale
 
 
 def reference_step(mu, h, m, t, noise, grad, *, lr, ess, hess_init, beta1, beta2, weight_decay):
@@ -25,10 +25,6 @@ def reference_step(mu, h, m, t, noise, grad, *, lr, ess, hess_init, beta1, beta2
     h = beta2 * h + (1 - beta2) * f + 0.5 * (1 - beta2) ** 2 * (h - f) ** 2 / (h + weight_decay)
     mu = mu - lr * (hess_init + weight_decay) * (m / (1 - beta1**t) + weight_decay * mu) / (h + weight_decay)
     return mu, h, m
-
-
-def inverse_softplus_scale(scale):
-    return np.log(np.expm1(scale - np.finfo(np.float32).eps))
 
 
 SETTINGS = dict(lr=0.05, ess=100.0, hess_init=0.5, beta1=0.9, beta2=0.99, weight_decay=0.1)
@@ -56,7 +52,7 @@ def test_the_step_is_ivon_opts_and_a_point_estimate_gets_sgd_with_momentum():
     sigma0 = 1 / math.sqrt(ess * (h0 + wd))
     params = {
         "w.loc": jnp.array([0.2, 0.4]),
-        "w.untransformed_scale": jnp.full(2, inverse_softplus_scale(sigma0), jnp.float32),
+        "w.untransformed_scale": jnp.full(2, inverse_softplus_scale(sigma0, jnp.float32), jnp.float32),
         "b": jnp.array([0.0]),
     }
     state = transform.init(params)
@@ -92,7 +88,8 @@ def test_on_a_quadratic_h_finds_the_curvature_and_the_mean_its_damped_minimum():
     a = jax.random.uniform(jax.random.PRNGKey(0), (64,), minval=1.0, maxval=4.0)
     c = jax.random.uniform(jax.random.PRNGKey(1), (64,), minval=-2.0, maxval=2.0)
     transform = npvi.ivon(0.05, ess=ess, beta2=0.999, weight_decay=wd)
-    params = {"w.loc": jnp.zeros(64), "w.untransformed_scale": jnp.full(64, inverse_softplus_scale(0.1), jnp.float32)}
+    u = inverse_softplus_scale(0.1, jnp.float32)
+    params = {"w.loc": jnp.zeros(64), "w.untransformed_scale": jnp.full(64, u, jnp.float32)}
     grad = jax.grad(lambda p, z: quadratic_elbo(a, c, ess)({**p, "b": jnp.ones(1)}, z))
 
     @jax.jit
