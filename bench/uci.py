@@ -77,6 +77,9 @@ class Recipe:
     optimizer: str = "adam"
     hess_init: float = 1.0  # IVON's only
     beta2: float = 0.99999  # IVON's only
+    #: Every layer's kernel posterior: "mean_field", "low_rank" (npvi.LowRankNormal(rank)) or "matrix".
+    posterior: str = "mean_field"
+    rank: int = 1  # "low_rank"'s only
 
     def epochs(self, num_train: int) -> int:
         """Epochs for ``num_train`` training rows: enough for ``min_steps`` steps and ``min_epochs``."""
@@ -132,14 +135,27 @@ def dataset_folders(root: str | os.PathLike) -> list[Path]:
     return folders
 
 
-def make_model(n_hidden: int, estimator: str):
+def kernel_posterior(recipe: Recipe):
+    """The recipe's posterior family."""
+    import npvi
+
+    families = {"mean_field": npvi.MeanFieldNormal, "low_rank": lambda: npvi.LowRankNormal(rank=recipe.rank),
+                "matrix": npvi.MatrixVariateNormal}  # fmt: skip
+    if recipe.posterior not in families:
+        raise ValueError(f"unknown posterior {recipe.posterior!r}; expected one of {sorted(families)}")
+    return families[recipe.posterior]()
+
+
+def make_model(n_hidden: int, estimator: str, posterior=None):
     """One hidden ReLU layer, a linear output and ``sigma ~ HalfNormal(1)`` (standardised units)."""
+    import functools
+
     import numpyro
     import numpyro.distributions as dist
 
     from npvi.demo import ESTIMATORS
 
-    layer = ESTIMATORS[estimator]
+    layer = functools.partial(ESTIMATORS[estimator], kernel_posterior=posterior)
 
     def model(x, y=None, num_data=None):
         h = layer(n_hidden, activation="relu", name="hidden")(x)
@@ -191,7 +207,7 @@ def run_split(data: Dataset, split: int, recipe: Recipe, seed: int, method: str 
     fit_key, predict_key = split_keys(seed, split)
     epochs = recipe.epochs(len(x_train))
     if method == "npvi":
-        model = make_model(data.n_hidden, recipe.estimator)
+        model = make_model(data.n_hidden, recipe.estimator, kernel_posterior(recipe))
         guide = npvi.MeanFieldGuide(model)
         if recipe.optimizer == "adam":
             optimizer = optax.adam(recipe.learning_rate)

@@ -30,6 +30,7 @@ from npvi.conv import (
 from npvi.early_stopping import EarlyStopping
 from npvi.elbo import ELBO
 from npvi.eqx_modules import random_eqx_module
+from npvi.families import LowRankNormal, LowRankNormalWeights, MatrixVariateNormal
 from npvi.flax_modules import random_flax_module, random_nnx_module
 from npvi.guides import MeanFieldGuide
 from npvi.inference_data import to_inference_data
@@ -37,9 +38,10 @@ from npvi.io import load, load_state, save
 from npvi.ivon import IVONState, ivon
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
-from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass
+from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass, PosteriorFamily
 from npvi.prediction import median_model
 from npvi.predictive import Predictive, predict
+from npvi.priors import hierarchical_normal_prior, horseshoe_prior, learned_normal_prior, scale_mixture_prior
 from npvi.regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer, SamplePoints
 from npvi.training import DivergenceError, FitResult, Trainer, fit
 from npvi.uncertainty import (
@@ -78,10 +80,14 @@ __all__ = [
     "IVONState",
     "KLDivergenceAddLoss",
     "KLDivergenceRegularizer",
+    "LowRankNormal",
+    "LowRankNormalWeights",
+    "MatrixVariateNormal",
     "MeanFieldGuide",
     "MeanFieldNormal",
     "MopedNormal",
     "PointMass",
+    "PosteriorFamily",
     "Predictive",
     "SamplePoints",
     "Trainer",
@@ -91,7 +97,10 @@ __all__ = [
     "fit",
     "ivon",
     "handlers",
+    "hierarchical_normal_prior",
+    "horseshoe_prior",
     "kl_term",
+    "learned_normal_prior",
     "load",
     "load_state",
     "median_model",
@@ -104,6 +113,7 @@ __all__ = [
     "regression_summary",
     "reliability_diagram",
     "save",
+    "scale_mixture_prior",
     "to_inference_data",
     "serialization",
     "sharding",

@@ -38,7 +38,7 @@ from npvi import estimators
 from npvi.handlers import LINEAR_MESSAGE
 from npvi.linear_ops import DENSE, LinearOp
 from npvi.numpyro_internals import replaying, traced_site
-from npvi.posteriors import MeanFieldNormal, PointMass, Posterior, _normal_init
+from npvi.posteriors import MeanFieldNormal, PointMass, Posterior, PosteriorFamily, _normal_init
 from npvi.serialization import (
     activation_from_name,
     describe_activation,
@@ -127,15 +127,24 @@ def check_positive_int(layer: str, what: str, value: Any) -> int:
     return int(value)
 
 
-def normal_posterior_params(layer: str, estimator: str, q: dist.Distribution):
-    """``(loc, scale)`` of a Normal posterior; ``TypeError`` for anything else."""
-    base = base_distribution(q)
-    if not isinstance(base, dist.Normal):
+def check_posterior_family(layer: str, what: str, posterior: Any) -> None:
+    """``TypeError`` unless ``posterior`` follows :class:`npvi.posteriors.PosteriorFamily`."""
+    if posterior is not None and not isinstance(posterior, PosteriorFamily):
         raise TypeError(
-            f"layer {layer!r}: the {estimator} estimator needs an independent Normal "
-            f"kernel posterior (npvi.MeanFieldNormal), got {type(base).__name__}"
+            f"layer {layer!r}: {what} must be a posterior family (npvi.MeanFieldNormal, npvi.PointMass, "
+            "npvi.LowRankNormal, npvi.MatrixVariateNormal, or an object with estimators and __call__), "
+            f"got {type(posterior).__name__}"
         )
-    return base.loc, base.scale
+
+
+def check_estimator_supported(layer: str, estimator: str, family: Any, q: dist.Distribution) -> None:
+    """``TypeError`` naming the layer when the kernel's posterior family does not support ``estimator``."""
+    if estimator not in family.estimators:
+        raise TypeError(
+            f"layer {layer!r}: the {estimator} estimator needs an independent Normal kernel posterior "
+            f"(npvi.MeanFieldNormal) or a family that supports it; {type(family).__name__} supports "
+            f"{list(family.estimators)}, got {type(base_distribution(q)).__name__}"
+        )
 
 
 def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
@@ -153,7 +162,8 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
                 stacklevel=2,
             )
         return estimators.reparameterization(x, kernel, bias, op=op)
-    loc, scale = normal_posterior_params(layer.name, estimator, kernel_posterior)
+    family = layer.kernel_posterior
+    check_estimator_supported(layer.name, estimator, family, kernel_posterior)
     rng_key = numpyro.prng_key()
     if rng_key is None:
         raise ValueError(
@@ -163,7 +173,8 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
     if layer.example_axis is not None:  # one example per call, under jax.vmap(..., axis_name=example_axis)
         rng_key = jax.random.fold_in(rng_key, jax.lax.axis_index(layer.example_axis))
     if estimator == estimators.LOCAL_REPARAMETERIZATION:
-        return estimators.local_reparameterization(rng_key, x, loc, scale, bias, op=op)
+        return family.local_reparameterization(kernel_posterior, rng_key, x, bias, op)
+    loc = family.flipout_loc(kernel_posterior)
     return estimators.flipout(rng_key, x, loc, kernel - loc, bias, op=op)
 
 
@@ -235,19 +246,15 @@ class LinearVariational:
         ):
             if fn is not None and not callable(fn):
                 raise TypeError(f"layer {name!r}: {what} must be callable or None, got {fn!r}")
-        for what, posterior in (("kernel_posterior", kernel_posterior), ("bias_posterior", bias_posterior)):
-            if posterior is not None and not isinstance(posterior, (MeanFieldNormal, PointMass)):
-                raise TypeError(
-                    f"layer {name!r}: {what} must be npvi.MeanFieldNormal or npvi.PointMass, "
-                    f"got {type(posterior).__name__}"
-                )
+        check_posterior_family(name, "kernel_posterior", kernel_posterior)
+        check_posterior_family(name, "bias_posterior", bias_posterior)
         _check_kl(name, "kernel_kl", kernel_kl)
         _check_kl(name, "bias_kl", bias_kl)
         if not use_bias and (bias_prior is not None or bias_posterior is not None):
             raise ValueError(f"layer {name!r}: use_bias=False, but a bias prior or posterior was given")
-        if bias_prior is None and isinstance(bias_posterior, MeanFieldNormal):
+        if bias_prior is None and bias_posterior is not None and not isinstance(bias_posterior, PointMass):
             raise ValueError(
-                f"layer {name!r}: a MeanFieldNormal bias posterior needs a bias_prior; "
+                f"layer {name!r}: a {type(bias_posterior).__name__} bias posterior needs a bias_prior; "
                 "without one the bias is a point estimate (PointMass)"
             )
         self.activation = activation

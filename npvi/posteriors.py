@@ -1,23 +1,40 @@
-"""Variational posterior families for the weights of npvi layers.
+"""Variational posterior families for the weights of npvi layers, and the protocol they follow.
 
-A posterior family is a small frozen dataclass: it says how to create the
-variational parameters inside a guide and which distribution they define. The
-parameter names are stable and documented: for a site ``"l1.kernel"``,
+A posterior family is a small frozen dataclass that the guide, the ELBO and each
+estimator ask for what they need (:class:`PosteriorFamily`):
+
+* the guide calls ``family(site, shape, dtype)``, which creates the variational
+  parameters and returns the distribution ``q``; the guide samples the weight from it;
+* the ELBO asks ``q`` for its KL to the prior (``numpyro.distributions.kl_divergence``,
+  an open registry) or its ``log_prob`` (``kernel_kl="mc"``);
+* ``family.estimators`` names the estimators it supports; local reparameterization
+  asks ``family.local_reparameterization(q, rng_key, x, bias, op)`` for the outputs,
+  and Flipout asks ``family.flipout_loc(q)`` for the loc whose perturbation
+  ``W - loc`` keeps its distribution under sign flips.
+
+A new family needs nothing changed elsewhere. The parameter names are stable and
+documented: for a site ``"l1.kernel"``,
 
 * :class:`MeanFieldNormal` creates ``"l1.kernel.loc"`` and
   ``"l1.kernel.untransformed_scale"``;
-* :class:`PointMass` creates ``"l1.kernel.loc"``.
+* :class:`PointMass` creates ``"l1.kernel.loc"``;
+* :mod:`npvi.families` adds low-rank and matrix-variate Gaussians.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpyro
 from numpyro import distributions as dist
+
+from npvi import estimators
+from npvi.linear_ops import LinearOp
+from npvi.validation import base_distribution
 
 
 def softplus_scale(untransformed_scale: jax.Array) -> jax.Array:
@@ -41,6 +58,42 @@ def inverse_softplus_scale(scale: float, dtype) -> float:
     return math.log(math.expm1(target))
 
 
+@runtime_checkable
+class PosteriorFamily(Protocol):
+    """What the guide, the ELBO and the estimators ask of a posterior family.
+
+    ``estimators`` lists the estimators the family supports. A family that lists
+    ``"local_reparameterization"`` also has
+    ``local_reparameterization(q, rng_key, x, bias, op) -> outputs``, and one that
+    lists ``"flipout"`` has ``flipout_loc(q) -> loc``, the loc whose perturbation
+    ``W - loc`` keeps its distribution under Flipout's sign flips.
+
+    >>> isinstance(MeanFieldNormal(), PosteriorFamily), PointMass().estimators
+    (True, ('reparameterization',))
+    """
+
+    estimators: ClassVar[tuple[str, ...]]
+
+    def __call__(self, site: str, shape: tuple[int, ...], dtype) -> dist.Distribution: ...
+
+
+class _IndependentNormalEstimators:
+    """All three estimators for a family whose ``q`` is an independent Normal (``Normal(loc, scale).to_event``)."""
+
+    estimators: ClassVar[tuple[str, ...]] = estimators.ESTIMATORS
+
+    def local_reparameterization(
+        self, q: dist.Distribution, rng_key: jax.Array, x: jax.Array, bias: jax.Array | None, op: LinearOp
+    ) -> jax.Array:
+        """Each output element drawn from ``N(op(x, loc) + b, op(x * x, scale^2))``."""
+        base = base_distribution(q)
+        return estimators.local_reparameterization(rng_key, x, base.loc, base.scale, bias, op=op)
+
+    def flipout_loc(self, q: dist.Distribution) -> jax.Array:
+        """The loc: independent symmetric perturbations keep their distribution under sign flips."""
+        return base_distribution(q).loc
+
+
 def _normal_init(mean: float, stddev: float, shape: tuple[int, ...], dtype):
     def init(rng_key: jax.Array) -> jax.Array:
         return mean + stddev * jax.random.normal(rng_key, shape, dtype)
@@ -49,7 +102,7 @@ def _normal_init(mean: float, stddev: float, shape: tuple[int, ...], dtype):
 
 
 @dataclass(frozen=True)
-class MeanFieldNormal:
+class MeanFieldNormal(_IndependentNormalEstimators):
     r"""Independent Normal over every weight, TFP's ``default_mean_field_normal_fn``.
 
     .. math::
@@ -94,6 +147,7 @@ class PointMass:
 
     loc_mean: float = 0.0
     loc_stddev: float = 0.1
+    estimators: ClassVar[tuple[str, ...]] = (estimators.REPARAMETERIZATION,)
 
     def __call__(self, site: str, shape: tuple[int, ...], dtype) -> dist.Distribution:
         """Create the parameter (inside a guide) and return ``q``."""
@@ -102,7 +156,7 @@ class PointMass:
 
 
 @dataclass(frozen=True, eq=False)
-class MopedNormal:
+class MopedNormal(_IndependentNormalEstimators):
     r"""A mean-field Normal started at trained weights :math:`w` (MOPED, Krishnan et al. 2020).
 
     .. math::
@@ -148,4 +202,4 @@ class MopedNormal:
         return dist.Normal(loc, softplus_scale(untransformed_scale)).to_event(len(shape))
 
 
-Posterior = MeanFieldNormal | PointMass | MopedNormal
+Posterior = PosteriorFamily

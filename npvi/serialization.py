@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
 
-from npvi.posteriors import MeanFieldNormal, PointMass
+from npvi.families import LowRankNormal, MatrixVariateNormal
+from npvi.posteriors import MeanFieldNormal, PointMass, PosteriorFamily
 
 # ---------------------------------------------------------------- distributions
 
@@ -149,7 +150,12 @@ def distribution_from_description(description: dict[str, Any], owner: str = "dis
 
 # ---------------------------------------------------------------- posteriors
 
-_POSTERIORS: dict[str, type] = {"MeanFieldNormal": MeanFieldNormal, "PointMass": PointMass}
+_POSTERIORS: dict[str, type] = {
+    "MeanFieldNormal": MeanFieldNormal,
+    "PointMass": PointMass,
+    "LowRankNormal": LowRankNormal,
+    "MatrixVariateNormal": MatrixVariateNormal,
+}
 
 
 def describe_posterior(posterior: Any, owner: str = "posterior") -> dict[str, Any]:
@@ -165,7 +171,7 @@ def describe_posterior(posterior: Any, owner: str = "posterior") -> dict[str, An
     raise TypeError(f"{owner}: cannot describe {type(posterior).__name__}; expected one of {sorted(_POSTERIORS)}")
 
 
-def posterior_from_description(description: dict[str, Any], owner: str = "posterior") -> MeanFieldNormal | PointMass:
+def posterior_from_description(description: dict[str, Any], owner: str = "posterior") -> PosteriorFamily:
     """Rebuild a posterior family from :func:`describe_posterior`'s output."""
     if not isinstance(description, dict) or description.get("type") not in _POSTERIORS:
         raise ValueError(

@@ -37,6 +37,7 @@ PAGES = [
     "bring_your_own_network",
     "scaling",
     "priors_and_posteriors",
+    "posterior_families",
     "estimators",
     "elbo",
     "training",
