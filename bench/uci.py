@@ -168,9 +168,23 @@ def make_model(n_hidden: int, estimator: str, posterior=None):
     return model
 
 
-def standardised_split(data: Dataset, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """``x_train, y_train, x_test, y_test`` standardised with the training rows' statistics, and the target's std."""
+#: With ``--validate``, this share of each split's training rows is held out as its validation rows.
+VALIDATION_SHARE = 0.2
+
+
+def standardised_split(
+    data: Dataset, split: int, validate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """``x_train, y_train, x_test, y_test`` standardised with the training rows' statistics, and the target's std.
+
+    With ``validate`` the split's test rows are not read at all: a fixed random ``VALIDATION_SHARE`` of its
+    training rows plays the test rows, and the rest are trained on, so a recipe is chosen on training rows only.
+    """
     train, test = data.splits[split]
+    if validate:
+        shuffled = np.random.default_rng(split).permutation(train)
+        cut = len(shuffled) - int(round(VALIDATION_SHARE * len(shuffled)))
+        train, test = shuffled[:cut], shuffled[cut:]
     x_mean, x_std = data.x[train].mean(0), data.x[train].std(0)
     x_std = np.where(x_std > 0, x_std, 1.0)  # constant columns (naval)
     y_mean, y_std = data.y[train].mean(), data.y[train].std()
@@ -190,8 +204,11 @@ def split_keys(seed: int, split: int):
     return jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), split))
 
 
-def run_split(data: Dataset, split: int, recipe: Recipe, seed: int, method: str = "npvi") -> dict[str, float]:
-    """Train ``method`` on one split and score its test rows: RMSE and log-likelihood in original units.
+def run_split(
+    data: Dataset, split: int, recipe: Recipe, seed: int, method: str = "npvi", validate: bool = False
+) -> dict[str, float]:
+    """Train ``method`` on one split and score its test rows (its validation rows with ``validate``):
+    RMSE and log-likelihood in original units.
 
     ``method`` is ``"npvi"`` (the recipe), or one of :data:`BASELINES`, trained with the recipe's
     optimiser, batch size and number of epochs on the same network.
@@ -203,7 +220,7 @@ def run_split(data: Dataset, split: int, recipe: Recipe, seed: int, method: str 
     import npvi
     from npvi.demo import regression_metrics
 
-    x_train, y_train, x_test, y_test, y_std = standardised_split(data, split)
+    x_train, y_train, x_test, y_test, y_std = standardised_split(data, split, validate)
     fit_key, predict_key = split_keys(seed, split)
     epochs = recipe.epochs(len(x_train))
     if method == "npvi":
@@ -296,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="change a field of the recipe, to explore (the table uses the default)")  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true",
                         help=f"train npvi's recipe only, not the baselines ({', '.join(BASELINES)})")  # fmt: skip
+    parser.add_argument("--validate", action="store_true",
+                        help=f"score on {VALIDATION_SHARE:.0%} of each split's training rows, never its test rows "
+                             "(to choose a recipe)")  # fmt: skip
     args = parser.parse_args(argv)
     fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
     changes = {}
@@ -317,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             per_split = []
             for k in splits:
-                per_split.append(run_split(data, k, recipe, args.seed, method))
+                per_split.append(run_split(data, k, recipe, args.seed, method, args.validate))
                 print(f"{data.name} {method} split {k}: RMSE {per_split[-1]['rmse']:.4f}  LL {per_split[-1]['ll']:.4f}",
                       file=sys.stderr, flush=True)  # fmt: skip
             rows[method] = {

@@ -167,7 +167,9 @@ class LowRankNormal:
         """The diagonal part per output element, the low-rank part with one :math:`z` per example."""
         mean = op(x, q.loc)
         std = _safe_sqrt(op(x * x, q.scale * q.scale))
-        low_rank = jax.vmap(lambda v: op(x, v), in_axes=-1, out_axes=-1)(q.cov_factor)
+        # One op of width units * rank: the kernel's last axis is the output's (dense and convolutions).
+        factors = q.cov_factor.reshape(*q.cov_factor.shape[:-2], -1)
+        low_rank = op(x, factors).reshape(*mean.shape, q.rank)
         _, example_shape = op.sign_shapes(x.shape, mean.shape)
         eps_key, z_key = jax.random.split(rng_key)
         eps = jax.random.normal(eps_key, mean.shape, mean.dtype)

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import baselines  # noqa: E402
 import uci  # noqa: E402
 
+import npvi  # noqa: E402
 from npvi.demo import regression_metrics  # noqa: E402
 
 
@@ -98,3 +99,20 @@ def test_the_table_puts_this_runs_baselines_beside_npvi_and_reads_the_verdicts_o
     assert cells[-2:] == ["yes", "ahead / ahead"]  # published VI: 6.89 / -3.43; MC dropout -1.36 here, -1.55 published
     results["yacht"]["ll"] = (-1.4, 0.01)
     assert uci.markdown_table(results).splitlines()[2].endswith("| behind / ahead |")
+
+
+def test_validation_rows_are_training_rows_and_the_test_rows_are_never_read():
+    rng = np.random.default_rng(0)
+    train, test = np.arange(0, 50), np.arange(50, 60)
+    data = uci.Dataset("toy", rng.normal(size=(60, 2)), rng.normal(size=60), [(train, test)], 10)
+    data.y[test] = np.nan  # a test row read anywhere would show as NaN
+    x_fit, y_fit, x_val, y_val, y_std = uci.standardised_split(data, 0, validate=True)
+    assert (len(x_fit), len(x_val)) == (40, 10)
+    assert np.all(np.isfinite(y_fit)) and np.all(np.isfinite(y_val)) and np.isfinite(y_std)
+    fit_rows = {tuple(row) for row in np.round(x_fit, 5)}
+    assert not fit_rows & {tuple(row) for row in np.round(x_val, 5)}  # the validation rows are held out
+    x_train, *_ = uci.standardised_split(data, 0, validate=False)
+    assert len(x_train) == 50
+    assert uci.kernel_posterior(uci.Recipe(posterior="low_rank", rank=3)) == npvi.LowRankNormal(rank=3)
+    with pytest.raises(ValueError, match="unknown posterior 'full'"):
+        uci.kernel_posterior(uci.Recipe(posterior="full"))
