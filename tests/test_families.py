@@ -18,6 +18,8 @@ from npvi.linear_ops import DENSE
 from npvi.validation import broadcast_to_event
 
 N_DRAWS = 20_000
+#: Most of these tests' time is compiling short programs; see conftest's quick_xla.
+pytestmark = pytest.mark.usefixtures("quick_xla")
 
 
 def low_rank_q(seed=0, shape=(3, 2), rank=2):
@@ -173,9 +175,9 @@ def test_a_convolution_takes_a_low_rank_posterior_under_local_reparameterization
             numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(1e-2), npvi.ELBO())
-    state = svi.init(jax.random.PRNGKey(1), x, jnp.ones(4))
+    state = jax.jit(svi.init)(jax.random.PRNGKey(1), x, jnp.ones(4))
     assert svi.get_params(state)["c.kernel.cov_factor"].shape == (3, 3, 2, 3, 2)
-    assert np.isfinite(svi.evaluate(state, x, jnp.ones(4)))
+    assert np.isfinite(jax.jit(svi.evaluate)(state, x, jnp.ones(4)))
 
 
 def test_scale_mixture_prior_needs_the_monte_carlo_kl_and_trains_with_it():
