@@ -115,6 +115,21 @@ def _normal_locs(params: Mapping[str, jax.Array]) -> list[str]:
     ]
 
 
+#: The params of the correlated families (npvi.families), which IVON's mean-field update cannot learn.
+CORRELATED_PARTS = (".cov_factor", ".row_scale_tril", ".column_scale_tril")
+
+
+def _check_mean_field(params: Mapping[str, jax.Array]) -> None:
+    """``ValueError`` naming the site when a weight has a correlated posterior (LowRankNormal, MatrixVariateNormal)."""
+    for name in params:
+        for part in CORRELATED_PARTS:
+            if name.endswith(part) and name[: -len(part)] + LOC in params:
+                raise ValueError(
+                    f"npvi.ivon: {name[: -len(part)]!r} has a correlated posterior (its {part[1:]!r} param), but "
+                    "IVON learns a mean field; use MeanFieldNormal there, or an optimizer such as optax.adam"
+                )
+
+
 def _untransformed(scale: jax.Array) -> jax.Array:
     """The ``u`` with ``softplus(u) + eps = scale``, for scales down to the dtype's smallest normal number."""
     target = jnp.maximum(scale - jnp.finfo(scale.dtype).eps, jnp.finfo(scale.dtype).tiny)
@@ -158,6 +173,7 @@ def ivon(
     lr_factor = hess_init + weight_decay if rescale_lr else 1.0
 
     def init(params: Mapping[str, jax.Array]) -> IVONState:
+        _check_mean_field(params)
         normal = _normal_locs(params)
         scales = {name[: -len(LOC)] + UNTRANSFORMED_SCALE for name in normal}
         means = [name for name in params if name not in scales]

@@ -236,3 +236,15 @@ def test_hierarchical_priors_get_a_posterior_on_their_scales_and_an_exact_weight
     assert {latent.name: latent.shape for latent in guide.sites.latents} == latents
     assert all(f"{name}.loc" in result.params for name in latents)
     assert np.all(np.isfinite(result.losses)) and result.losses[-20:].mean() < result.losses[:20].mean()
+
+
+@pytest.mark.parametrize(
+    ("family", "part"), [(npvi.LowRankNormal(), "cov_factor"), (npvi.MatrixVariateNormal(), "column_scale_tril")],
+    ids=["low_rank", "matrix"],
+)  # fmt: skip
+def test_ivon_refuses_a_correlated_family_naming_the_site(family, part):
+    x, y = regression(8)
+    model = linear_model(npvi.DenseLocalReparameterization(1, kernel_posterior=family, name="l1"))
+    svi = SVI(model, npvi.MeanFieldGuide(model), npvi.ivon(1e-3, ess=8), npvi.ELBO())
+    with pytest.raises(ValueError, match=rf"npvi.ivon: 'l1.kernel' has a correlated posterior \(its '{part}' param\)"):
+        svi.init(jax.random.PRNGKey(0), x, y)
