@@ -53,8 +53,9 @@ posterior (the guide's :class:`~npvi.MeanFieldNormal` weights and its other late
 param (a :class:`~npvi.PointMass`, such as a layer's default bias, or a model's ``numpyro.param``)
 has no noise to estimate a Hessian from: it gets the mean step with :math:`h = h_0` held fixed,
 that is SGD with momentum :math:`\beta_1`, step :math:`\alpha`, and weight decay :math:`\delta`.
-Give it another optimiser with ``optax.multi_transform`` if that does not suit.
-The ELBO's KL weight must be 1 (no ``kl_schedule``): the
+Give it another optimiser with ``optax.multi_transform`` if that does not suit. A weight with a
+correlated posterior (:class:`~npvi.LowRankNormal`, :class:`~npvi.MatrixVariateNormal`) is a
+``ValueError``: IVON learns a mean field. The ELBO's KL weight must be 1 (no ``kl_schedule``): the
 :math:`1/\sigma^2` above is the entropy's at weight 1. The first step's gradient is taken at the
 guide's initial scale; every later one at IVON's.
 
