@@ -39,9 +39,12 @@ def _positive(what: str, value: Any) -> float:
     return float(value)
 
 
-def _scale_shape(what: str, per: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if per not in _PER:
+def _check_per(what: str, per: Any) -> None:
+    if not isinstance(per, str) or per not in _PER:
         raise ValueError(f"{what}: per must be 'layer' or 'unit', got {per!r}")
+
+
+def _scale_shape(per: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return () if per == "layer" else tuple(shape[-1:])
 
 
@@ -87,12 +90,11 @@ def learned_normal_prior(per: str = "layer", init_scale: float = 1.0) -> PriorFn
     >>> p.scale.shape
     (4,)
     """
-    if not isinstance(per, str):
-        raise TypeError(f"learned_normal_prior: per must be 'layer' or 'unit', got {per!r}")
+    _check_per("learned_normal_prior", per)
     start = _positive("learned_normal_prior: init_scale", init_scale)
 
     def prior(site: str, shape: tuple[int, ...], dtype) -> dist.Normal:
-        scale_shape = _scale_shape("learned_normal_prior", per, shape)
+        scale_shape = _scale_shape(per, shape)
         scale = numpyro.param(
             f"{site}.prior_scale", jnp.full(scale_shape, start, dtype), constraint=constraints.positive
         )
@@ -119,11 +121,10 @@ def hierarchical_normal_prior(scale_prior: dist.Distribution | None = None, per:
         raise TypeError(
             f"hierarchical_normal_prior: scale_prior must be a scalar numpyro distribution, got {scale_prior!r}"
         )
-    if not isinstance(per, str):
-        raise TypeError(f"hierarchical_normal_prior: per must be 'layer' or 'unit', got {per!r}")
+    _check_per("hierarchical_normal_prior", per)
 
     def prior(site: str, shape: tuple[int, ...], dtype) -> dist.Normal:
-        scale_shape = _scale_shape("hierarchical_normal_prior", per, shape)
+        scale_shape = _scale_shape(per, shape)
         scale = numpyro.sample(f"{site}.prior_scale", scale_prior.expand(scale_shape).to_event(len(scale_shape)))
         return dist.Normal(jnp.zeros((), dtype), scale)
 

@@ -209,6 +209,8 @@ def test_type_two_maximum_likelihood_sets_each_units_prior_variance_to_its_poste
     svi = SVI(model, guide, optax.adam(1e-2), npvi.ELBO())
     params = svi.get_params(svi.init(jax.random.PRNGKey(0), x, y))
     assert params["l1.kernel.prior_scale"].shape == (2,)
+    with pytest.raises(ValueError, match="learned_normal_prior: per must be 'layer' or 'unit', got 'row'"):
+        npvi.learned_normal_prior("row")
     sigma = npvi.posteriors.softplus_scale(params["l1.kernel.untransformed_scale"])
     best = jnp.sqrt(jnp.mean(params["l1.kernel.loc"] ** 2 + sigma**2, axis=0))
 
