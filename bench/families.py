@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import optax  # noqa: E402
 import steps as S  # noqa: E402
-from numpyro.infer import SVI  # noqa: E402
-from timing import interleave, paired_ratio  # noqa: E402
+from timing import paired_ratio  # noqa: E402
 
 import npvi  # noqa: E402
 
@@ -42,21 +41,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     problem = S.Problem(sizes=tuple(int(s) for s in args.sizes.split(",")))
     x, y = problem.batch_data()
-    groups = []
-    for estimator in ("reparameterization", "local_reparameterization"):
-        group = []
-        for name, family in FAMILIES.items():
-            model = S.npvi_model(problem, functools.partial(S.ESTIMATORS[estimator], kernel_posterior=family))
-            svi = SVI(model, npvi.MeanFieldGuide(model), optax.adam(S.LR), npvi.ELBO())
-            state = svi.init(jax.random.PRNGKey(0), x, y)
-            group.append(S.svi_variant(f"{S.SHORT[estimator]} {name}", svi, state, x, y))
-        groups.append(group)
-    variants = [v for group in groups for v in group]
-    for v in variants:
-        v.compile_ahead()
-        v.first_call()
-        v.run(args.warmup)
-    interleave(groups, args.blocks, args.steps)
+    groups = S.timed_svi_groups(
+        [
+            [(f"{S.SHORT[estimator]} {name}",
+              S.npvi_model(problem, functools.partial(S.ESTIMATORS[estimator], kernel_posterior=family)),
+              optax.adam(S.LR))
+             for name, family in FAMILIES.items()]
+            for estimator in ("reparameterization", "local_reparameterization")
+        ],
+        x, y, blocks=args.blocks, steps=args.steps, warmup=args.warmup,
+    )  # fmt: skip
     print(f"{problem.describe()}")
     print(f"{'variant':<22} {'ms':>9} {'/ mean field (paired)':>22}")
     result = {}

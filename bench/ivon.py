@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import optax  # noqa: E402
 import steps as S  # noqa: E402
-from numpyro.infer import SVI  # noqa: E402
-from timing import interleave, paired_ratio  # noqa: E402
+from timing import paired_ratio  # noqa: E402
 
 import npvi  # noqa: E402
 
@@ -32,21 +31,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     problem = S.Problem()
     x, y = problem.batch_data()
-    groups = []
-    for estimator, layer in S.ESTIMATORS.items():
-        model = S.npvi_model(problem, layer)
-        group = []
-        for name, optimizer in (("adam", optax.adam(S.LR)), ("ivon", npvi.ivon(S.LR, ess=problem.n))):
-            svi = SVI(model, npvi.MeanFieldGuide(model), optimizer, npvi.ELBO())
-            state = svi.init(jax.random.PRNGKey(0), x, y)
-            group.append(S.svi_variant(f"{S.SHORT[estimator]} {name}", svi, state, x, y))
-        groups.append(group)
-    variants = [v for group in groups for v in group]
-    for v in variants:
-        v.compile_ahead()
-        v.first_call()
-        v.run(args.warmup)
-    interleave(groups, args.blocks, args.steps)
+    groups = S.timed_svi_groups(
+        [
+            [(f"{S.SHORT[estimator]} {name}", S.npvi_model(problem, layer), optimizer)
+             for name, optimizer in (("adam", optax.adam(S.LR)), ("ivon", npvi.ivon(S.LR, ess=problem.n)))]
+            for estimator, layer in S.ESTIMATORS.items()
+        ],
+        x, y, blocks=args.blocks, steps=args.steps, warmup=args.warmup,
+    )  # fmt: skip
     print(f"{'estimator':<12} {'adam ms':>9} {'ivon ms':>9} {'ivon/adam paired':>17}")
     result = {}
     for adam, ivon in groups:

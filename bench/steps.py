@@ -23,7 +23,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from numpyro.infer import SVI
-from timing import Variant
+from timing import Variant, interleave
 
 import npvi
 from npvi.estimators import rademacher_signs  # pure JAX: the same sign draw as npvi
@@ -101,6 +101,27 @@ def svi_variant(label: str, svi: SVI, state, x, y) -> Variant:
     variant.update = jax.jit(svi.update)
     variant.first_args = (state, x, y)
     return variant
+
+
+def timed_svi_groups(
+    groups: list[list[tuple[str, Callable, optax.GradientTransformation]]], x, y, *, blocks: int, steps: int,
+    warmup: int,
+) -> list[list[Variant]]:
+    """Each ``(label, model, optimizer)`` as an SVI Variant from ``PRNGKey(0)``'s init, compiled ahead,
+    warmed up, then timed in ``blocks`` interleaved blocks of ``steps`` steps; the Variants, grouped as given."""
+    timed = []
+    for group in groups:
+        variants = []
+        for label, model, optimizer in group:
+            svi = SVI(model, npvi.MeanFieldGuide(model), optimizer, npvi.ELBO())
+            variants.append(svi_variant(label, svi, svi.init(jax.random.PRNGKey(0), x, y), x, y))
+        timed.append(variants)
+    for v in (v for group in timed for v in group):
+        v.compile_ahead()
+        v.first_call()
+        v.run(warmup)
+    interleave(timed, blocks, steps)
+    return timed
 
 
 # --------------------------------------------------------------------------- plain JAX

@@ -70,11 +70,20 @@ def local_reparameterization(
     [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     """
     mean = op(x, loc)
-    variance = op(x * x, scale * scale)
-    positive = variance > 0
-    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
+    std = safe_sqrt(op(x * x, scale * scale))
     noise = jax.random.normal(rng_key, mean.shape, mean.dtype)
     return op.add_bias(mean + std * noise, bias)
+
+
+def safe_sqrt(variance: jax.Array) -> jax.Array:
+    """``sqrt`` with a zero gradient (not ``inf * 0 = NaN``) where the variance is exactly 0.
+
+    >>> import jax, jax.numpy as jnp
+    >>> float(jax.grad(safe_sqrt)(jnp.float32(0.0))), float(safe_sqrt(jnp.float32(4.0)))
+    (0.0, 2.0)
+    """
+    positive = variance > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
 
 
 def flipout(

@@ -34,15 +34,9 @@ from numpyro.distributions import constraints
 from npvi import estimators
 from npvi.linear_ops import Dense, LinearOp
 from npvi.posteriors import _normal_init, inverse_softplus_scale, softplus_scale
-from npvi.validation import base_distribution
+from npvi.validation import base_distribution, check_positive_number
 
 _LRT = (estimators.REPARAMETERIZATION, estimators.LOCAL_REPARAMETERIZATION)
-
-
-def _safe_sqrt(variance: jax.Array) -> jax.Array:
-    """``sqrt`` with a zero gradient (not NaN) where the variance is exactly 0."""
-    positive = variance > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
 
 
 class LowRankNormalWeights(dist.Distribution):
@@ -166,7 +160,7 @@ class LowRankNormal:
     ) -> jax.Array:
         """The diagonal part per output element, the low-rank part with one :math:`z` per example."""
         mean = op(x, q.loc)
-        std = _safe_sqrt(op(x * x, q.scale * q.scale))
+        std = estimators.safe_sqrt(op(x * x, q.scale * q.scale))
         # One op of width units * rank: the kernel's last axis is the output's (dense and convolutions).
         factors = q.cov_factor.reshape(*q.cov_factor.shape[:-2], -1)
         low_rank = op(x, factors).reshape(*mean.shape, q.rank)
@@ -213,8 +207,7 @@ class MatrixVariateNormal:
     estimators: ClassVar[tuple[str, ...]] = _LRT
 
     def __post_init__(self) -> None:
-        if isinstance(self.init_scale, bool) or not isinstance(self.init_scale, int | float) or not self.init_scale > 0:
-            raise ValueError(f"MatrixVariateNormal: init_scale must be a positive number, got {self.init_scale!r}")
+        check_positive_number("MatrixVariateNormal", "init_scale", self.init_scale)
 
     def __call__(self, site: str, shape: tuple[int, ...], dtype) -> dist.MatrixNormal:
         """Create the parameters (inside a guide) and return ``q``."""
@@ -237,7 +230,7 @@ class MatrixVariateNormal:
         if not isinstance(op, Dense):
             raise TypeError(f"MatrixVariateNormal: local reparameterization needs a dense layer, got {op!r}")
         mean = x @ q.loc
-        row_scale = _safe_sqrt(jnp.sum((x @ q.scale_tril_row) ** 2, axis=-1, keepdims=True))
+        row_scale = estimators.safe_sqrt(jnp.sum((x @ q.scale_tril_row) ** 2, axis=-1, keepdims=True))
         eps = jax.random.normal(rng_key, mean.shape, mean.dtype)
         return op.add_bias(mean + row_scale * (eps @ q.scale_tril_column.T), bias)
 

@@ -29,14 +29,10 @@ import numpyro
 from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
+from npvi.validation import check_positive_number
+
 PriorFn = Callable[[str, tuple[int, ...], Any], dist.Distribution]
 _PER = ("layer", "unit")
-
-
-def _positive(what: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _check_per(what: str, per: Any) -> None:
@@ -65,11 +61,11 @@ def scale_mixture_prior(
     >>> round(float(p.log_prob(0.0)), 4)  # log(0.5 N(0; 0, 1) + 0.5 N(0; 0, 0.01))
     0.7858
     """
-    pi = _positive("scale_mixture_prior: mixture_weight", mixture_weight)
+    pi = check_positive_number("scale_mixture_prior", "mixture_weight", mixture_weight)
     if not pi < 1:
         raise ValueError(f"scale_mixture_prior: mixture_weight must be in (0, 1), got {mixture_weight!r}")
-    wide = _positive("scale_mixture_prior: scale1", scale1)
-    narrow = _positive("scale_mixture_prior: scale2", scale2)
+    wide = check_positive_number("scale_mixture_prior", "scale1", scale1)
+    narrow = check_positive_number("scale_mixture_prior", "scale2", scale2)
     return dist.MixtureSameFamily(
         dist.Categorical(probs=jnp.array([pi, 1 - pi])), dist.Normal(0.0, jnp.array([wide, narrow]))
     )
@@ -91,7 +87,7 @@ def learned_normal_prior(per: str = "layer", init_scale: float = 1.0) -> PriorFn
     (4,)
     """
     _check_per("learned_normal_prior", per)
-    start = _positive("learned_normal_prior: init_scale", init_scale)
+    start = check_positive_number("learned_normal_prior", "init_scale", init_scale)
 
     def prior(site: str, shape: tuple[int, ...], dtype) -> dist.Normal:
         scale_shape = _scale_shape(per, shape)
@@ -145,7 +141,7 @@ def horseshoe_prior(global_scale: float = 1.0) -> PriorFn:
     >>> p.scale.shape
     (4,)
     """
-    tau0 = _positive("horseshoe_prior: global_scale", global_scale)
+    tau0 = check_positive_number("horseshoe_prior", "global_scale", global_scale)
 
     def prior(site: str, shape: tuple[int, ...], dtype) -> dist.Normal:
         tau = numpyro.sample(f"{site}.global_scale", dist.HalfCauchy(tau0))

@@ -21,6 +21,19 @@ def is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+def check_positive_number(owner: str, what: str, value: Any) -> float:
+    """``value`` as a float if it is a positive finite number (not a bool), else a ``ValueError`` naming it.
+
+    >>> check_positive_number("MatrixVariateNormal", "init_scale", 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: MatrixVariateNormal: init_scale must be a positive finite number, got 0.0
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{owner}: {what} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_numeric(owner: str, what: str, value: Any) -> None:
     """Raise ``TypeError`` for an array of strings, objects or other non-numbers (its values are not printed).
 
