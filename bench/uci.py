@@ -314,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baselines", action="store_true",
                         help=f"train npvi's recipe only, not the baselines ({', '.join(BASELINES)})")  # fmt: skip
     parser.add_argument("--validate", action="store_true",
-                        help=f"score on {VALIDATION_SHARE:.0%} of each split's training rows, never its test rows "
-                             "(to choose a recipe)")  # fmt: skip
+                        help=f"score on {VALIDATION_SHARE * 100:.0f}%% of each split's training rows, never its "
+                             "test rows (to choose a recipe)")  # fmt: skip
     args = parser.parse_args(argv)
     fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
     changes = {}

@@ -116,3 +116,11 @@ def test_validation_rows_are_training_rows_and_the_test_rows_are_never_read():
     assert uci.kernel_posterior(uci.Recipe(posterior="low_rank", rank=3)) == npvi.LowRankNormal(rank=3)
     with pytest.raises(ValueError, match="unknown posterior 'full'"):
         uci.kernel_posterior(uci.Recipe(posterior="full"))
+
+
+def test_the_benchmark_prints_its_help(capsys):
+    """``--help`` works: argparse reads every help string as a %-format, so a bare "20%" in one broke it."""
+    with pytest.raises(SystemExit) as exit_info:
+        uci.main(["--help"])
+    assert exit_info.value.code == 0
+    assert f"{uci.VALIDATION_SHARE:.0%} of each split's training rows" in " ".join(capsys.readouterr().out.split())
