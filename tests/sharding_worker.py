@@ -53,6 +53,22 @@ def fit_over(mesh, batch_specs: list) -> dict:
     }
 
 
+def ivon_fit(mesh) -> dict:
+    """The example's fit with ``npvi.ivon`` in place of Adam: its state (the Hessian estimate ``h``, the momentum,
+    the step count) is a pytree beside the params, so on a mesh it is replicated like them."""
+    x, y = example.make_data()
+    svi = SVI(example.model, npvi.MeanFieldGuide(example.model), npvi.ivon(0.01, ess=example.N), npvi.ELBO())
+    result = npvi.fit(svi, jax.random.PRNGKey(0), x, y, num_epochs=2, batch_size=example.BATCH_SIZE, mesh=mesh,
+                      progress_bar=False)  # fmt: skip
+    hessians = [leaf for leaf in jax.tree.leaves(result.state.optim_state) if leaf.ndim and leaf.dtype == np.float32]
+    placement = {(len(leaf.sharding.device_set), leaf.sharding.is_fully_replicated) for leaf in hessians}
+    return {
+        "losses": np.asarray(result.losses).tolist(),
+        "params": {name: np.asarray(value).tolist() for name, value in result.params.items()},
+        "state_placement": sorted(placement),
+    }
+
+
 def predictive_model(x, y=None):
     out = npvi.DenseFlipout(3, name="l1")(x)
     numpyro.deterministic("out", out)
@@ -121,6 +137,7 @@ def main() -> None:
     explicit = jax.make_mesh((8,), ("data",))  # Explicit axes: its arrays move to the mesh's Auto twin, same split
     (moved,) = place_data(explicit, jax.device_put(np.zeros((48, 2), np.float32), NamedSharding(explicit, P("data"))))
     report["placement_from_explicit"] = [str(moved.sharding.spec), [t.name for t in moved.sharding.mesh.axis_types]]
+    report["ivon"] = {"None": ivon_fit(None), "8": ivon_fit("all")}
     report["predictive"] = predictive_draws()
     report["errors"] = errors()
     print(json.dumps(report))

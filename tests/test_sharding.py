@@ -74,6 +74,13 @@ def test_fit_and_predictive_give_the_same_numbers_on_1_2_4_and_8_devices():
         assert {(rows[0], devices) for rows, devices in result["batch_specs"]} == {(16 // int(n), int(n))}, n
     assert not np.allclose(fits["8"]["losses"][:4], fits["8"]["losses"][4:])  # two epochs, other minibatches
 
+    # IVON (issue 23) over the mesh: the same numbers as on one device, and its state replicated with the params
+    ivon = report["ivon"]
+    assert_same_fit(ivon["8"], ivon["None"])
+    assert not np.allclose(ivon["None"]["params"]["l1.kernel.loc"], reference["params"]["l1.kernel.loc"])  # not Adam
+    assert ivon["None"]["state_placement"] == [[1, True]]
+    assert ivon["8"]["state_placement"] == [[8, True]]
+
     # host data placed once: sharded over the examples where 8 divides their number, else replicated
     assert report["placement"] == {"48": "P('data',)", "50": "P()"}
     assert report["placement_kept"]
