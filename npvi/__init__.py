@@ -1,4 +1,4 @@
-"""npvi: variational Bayesian dense and convolutional layers for NumPyro.
+"""npvi: variational Bayesian dense, convolutional and embedding layers for NumPyro.
 
 TFP's ``DenseReparameterization``, ``DenseLocalReparameterization``,
 ``DenseFlipout`` and ``Convolution{1,2,3}D{Reparameterization,Flipout}`` (plus
@@ -27,8 +27,10 @@ from npvi.conv import (
     Convolution3DFlipout,
     Convolution3DReparameterization,
 )
+from npvi.dense_general import DenseGeneralFlipout, DenseGeneralLocalReparameterization, DenseGeneralReparameterization
 from npvi.early_stopping import EarlyStopping
 from npvi.elbo import ELBO
+from npvi.embedding import EmbeddingFlipout, EmbeddingLocalReparameterization, EmbeddingReparameterization
 from npvi.eqx_modules import random_eqx_module
 from npvi.families import LowRankNormal, LowRankNormalWeights, MatrixVariateNormal
 from npvi.flax_modules import random_flax_module, random_nnx_module
@@ -38,6 +40,7 @@ from npvi.io import load, load_state, save
 from npvi.ivon import IVONState, ivon
 from npvi.kl import kl_term
 from npvi.layers import DenseFlipout, DenseLocalReparameterization, DenseReparameterization
+from npvi.ood import aupr, auroc
 from npvi.posteriors import MeanFieldNormal, MopedNormal, PointMass, PosteriorFamily
 from npvi.prediction import median_model
 from npvi.predictive import Predictive, predict
@@ -71,11 +74,17 @@ __all__ = [
     "Convolution3DFlipout",
     "Convolution3DReparameterization",
     "DenseFlipout",
+    "DenseGeneralFlipout",
+    "DenseGeneralLocalReparameterization",
+    "DenseGeneralReparameterization",
     "DenseLocalReparameterization",
     "DenseReparameterization",
     "DivergenceError",
     "ELBO",
     "EarlyStopping",
+    "EmbeddingFlipout",
+    "EmbeddingLocalReparameterization",
+    "EmbeddingReparameterization",
     "FitResult",
     "IVONState",
     "KLDivergenceAddLoss",
@@ -91,6 +100,8 @@ __all__ = [
     "Predictive",
     "SamplePoints",
     "Trainer",
+    "aupr",
+    "auroc",
     "classification_summary",
     "enable_compilation_cache",
     "expected_calibration_error",

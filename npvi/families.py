@@ -32,7 +32,7 @@ from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
 from npvi import estimators
-from npvi.linear_ops import Dense, LinearOp
+from npvi.linear_ops import Convolution, Dense, LinearOp
 from npvi.posteriors import _normal_init, inverse_softplus_scale, softplus_scale
 from npvi.validation import base_distribution, check_positive_number
 
@@ -159,6 +159,11 @@ class LowRankNormal:
         self, q: LowRankNormalWeights, rng_key: jax.Array, x: jax.Array, bias: jax.Array | None, op: LinearOp
     ) -> jax.Array:
         """The diagonal part per output element, the low-rank part with one :math:`z` per example."""
+        if not isinstance(op, Dense | Convolution):
+            raise TypeError(
+                f"LowRankNormal: local reparameterization needs a dense or convolutional layer (it draws one z per "
+                f"example, the output's leading axes), got {op!r}; use the reparameterization estimator"
+            )
         mean = op(x, q.loc)
         std = estimators.safe_sqrt(op(x * x, q.scale * q.scale))
         # One op of width units * rank: the kernel's last axis is the output's (dense and convolutions).

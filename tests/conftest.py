@@ -170,14 +170,14 @@ def count_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-@pytest.fixture
-def quick_xla():
-    """XLA with most optimisations off (JAX's ``jax_disable_most_optimizations``) for one test.
+@contextlib.contextmanager
+def quick_xla_context():
+    """XLA with most optimisations off (JAX's ``jax_disable_most_optimizations``) inside the block.
 
-    For tests whose time is mostly compiling a short training run: compiles are about three
-    times quicker on a CPU, and the programs compute the same values up to float rounding.
-    The flag is part of every program's cache key; the caches are cleared afterwards anyway,
-    so the slower programs do not outlive the test.
+    For code whose time is mostly compiling a short training run or a batch of draws: compiles
+    are quicker on a CPU, and the programs compute the same values up to float rounding. The
+    flag is part of every program's cache key; the caches are cleared afterwards anyway, so the
+    slower programs do not outlive the block.
     """
     flag = "jax_disable_most_optimizations"
     previous = jax.config.read(flag)
@@ -187,3 +187,10 @@ def quick_xla():
     finally:
         jax.config.update(flag, previous)
         jax.clear_caches()
+
+
+@pytest.fixture
+def quick_xla():
+    """:func:`quick_xla_context` for one test."""
+    with quick_xla_context():
+        yield
