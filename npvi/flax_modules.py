@@ -103,7 +103,7 @@ def random_flax_module(
 
     NumPyro's :func:`~numpyro.contrib.module.random_flax_module` with the same ``name``,
     ``nn_module``, ``prior``, ``input_shape`` and init ``*args``/``**kwargs``; the sites are
-    ``"<name>/<path>"`` (``"net/Dense_0.kernel"``). Every ``nn.Dense`` and ``nn.Conv`` whose
+    ``"<name>/<path>"`` (``"net/Dense_0.kernel"``). Every ``nn.Dense``, ``nn.DenseGeneral`` and ``nn.Conv`` whose
     kernel has a prior becomes an npvi layer under ``estimator`` (``"flipout"``,
     ``"local_reparameterization"`` or ``"reparameterization"``; :mod:`npvi.handlers` override
     it). Parameters without a prior are point estimates ``numpyro.param("<name>/<path>")``.
@@ -142,14 +142,14 @@ def random_flax_module(
     init_args = (jnp.ones(input_shape),) if input_shape is not None else args
     found: dict[str, Any] = {}
     unconvertible: dict[str, str] = {}
-    cannot = (nn.DenseGeneral, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
+    cannot = (nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
 
     def record(next_fun, call_args, call_kwargs, context):
         module = context.module
         if context.method_name == "__call__":
-            if isinstance(module, cannot):
+            if isinstance(module, cannot) or (isinstance(module, nn.DenseGeneral) and module.batch_dims):
                 unconvertible.setdefault(_path(module.path), f"flax.linen.{type(module).__name__}")
-            elif isinstance(module, nn.Dense | nn.Conv):  # subclasses too: their own call is what runs
+            elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv):  # subclasses too: their call runs
                 found.setdefault(_path(module.path), module.clone(parent=None))
         return next_fun(*call_args, **call_kwargs)
 
@@ -198,7 +198,7 @@ def random_flax_module(
     values, converted = convert(
         owner, name, _parameters(shapes, trained), layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.linen.Dense, flax.linen.Conv",
+        supported="flax.linen.Dense, flax.linen.DenseGeneral (without batch_dims), flax.linen.Conv",
     )  # fmt: skip
     tree = _unflatten_into(tree_shapes, values)
 
@@ -244,7 +244,7 @@ def random_nnx_module(
 
     NumPyro's :func:`~numpyro.contrib.module.random_nnx_module` with the same ``name``,
     ``nn_module`` (an initialised ``nnx.Module``), ``prior`` and ``scope_divider``; the sites are
-    ``"<name>/<path>"`` (``"net/layers.0.kernel"``). Every ``nnx.Linear`` and ``nnx.Conv`` whose
+    ``"<name>/<path>"`` (``"net/layers.0.kernel"``). Every ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Conv`` whose
     kernel has a prior becomes an npvi layer under ``estimator``; the other ``nnx.Param`` s are
     point estimates starting at the module's values; other state (BatchNorm's running averages,
     RNG counters) is used as the module holds it and not updated. ``moped=delta`` starts the
@@ -273,12 +273,12 @@ def random_nnx_module(
     trained = _flatten(params_tree)
     parameters = [Parameter(path, tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in trained.items()]
     layers, unconvertible, paths = [], {}, {}
-    cannot = (nnx.LinearGeneral, nnx.ConvTranspose, nnx.Einsum)
+    cannot = (nnx.ConvTranspose, nnx.Einsum)
     for parts, module in nnx.iter_modules(nn_module):
         path = _path(parts)
-        if isinstance(module, cannot):
+        if isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
             unconvertible[path] = f"flax.nnx.{type(module).__name__}"
-        elif isinstance(module, nnx.Linear | nnx.Conv):  # subclasses too: their own call is what runs
+        elif isinstance(module, nnx.Linear | nnx.LinearGeneral | nnx.Conv):  # subclasses too: their call runs
             layer_def, layer_state = nnx.split(module)
             spatial = ()
             if isinstance(module, nnx.Conv):  # (..., *spatial, channels)
@@ -291,7 +291,7 @@ def random_nnx_module(
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.nnx.Linear, flax.nnx.Conv", divider=scope_divider,
+        supported="flax.nnx.Linear, flax.nnx.LinearGeneral (without batch_axis), flax.nnx.Conv", divider=scope_divider,
     )  # fmt: skip
     state = jax.tree.map(lambda leaf: leaf, params_state)
     nnx.replace_by_pure_dict(state, _unflatten_into(params_tree, values))

@@ -150,7 +150,13 @@ class ModuleLayer:
             dims[self.bias_site] = [f"{self.bias_site}_dim_{i}" for i in range(len(jnp.shape(self.bias)))]
         return dims
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """The layer on ``x``; ``out_sharding`` (NNX's keyword, which its attention passes) must be None."""
+        if out_sharding is not None:
+            raise ValueError(
+                f"layer {self.name!r}: a converted layer takes no out_sharding (got {out_sharding!r}); shard the "
+                "data with npvi.fit(..., mesh=...) instead"
+            )
         name = self.name if self.calls == 0 else f"{self.name}#{self.calls}"
         self.calls += 1
         return apply_linear(self, name, jnp.asarray(x), self.kernel, self.bias, self.kernel_q)
