@@ -110,9 +110,6 @@ class EmbeddingVariational(LinearVariational):
                 )
         return OneHotRows(ids, jnp.ones(ids.shape, jnp.result_type(float)), self.input_dim)
 
-    def _check_rank(self, x: jax.Array) -> None:  # _check_inputs checks the ids
-        pass
-
     def _kernel_shape(self, x: OneHotRows) -> tuple[int, ...]:
         return (self.input_dim, self.output_dim)
 

@@ -51,6 +51,11 @@ class LinearOp(Protocol):
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]: ...
 
 
+def add_trailing_bias(out: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``out + bias`` with NumPy broadcasting (the bias on the output's trailing axes), or ``out`` without one."""
+    return out if bias is None else out + bias
+
+
 @dataclass(frozen=True)
 class Dense:
     """``x @ W``: the operation of the dense layers."""
@@ -59,7 +64,7 @@ class Dense:
         return x @ kernel
 
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
-        return out if bias is None else out + bias
+        return add_trailing_bias(out, bias)
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return tuple(x_shape), tuple(out_shape)
@@ -158,7 +163,7 @@ class Contraction:
         return jnp.einsum(self.equation, x, kernel)
 
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
-        return out if bias is None else out + bias
+        return add_trailing_bias(out, bias)
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return tuple(x_shape), tuple(out_shape)
@@ -233,7 +238,7 @@ class Embedding:
         return x.values[..., None].astype(rows.dtype) * rows
 
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
-        return out if bias is None else out + bias
+        return add_trailing_bias(out, bias)
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return (*tuple(x_shape)[:-1], 1), tuple(out_shape)

@@ -38,6 +38,7 @@ from numpyro import distributions as dist
 
 from npvi import estimators
 from npvi.layers import POSTERIOR_KEY, _check_kl, _sample_site, apply_linear
+from npvi.linear_ops import add_trailing_bias
 from npvi.posteriors import MeanFieldNormal, MopedNormal, Posterior
 from npvi.validation import is_concrete
 
@@ -74,7 +75,7 @@ class ModuleOp:
         return self.forward(x, kernel)
 
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
-        return out if bias is None else out + bias
+        return add_trailing_bias(out, bias)
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         def shared(shape: tuple[int, ...]) -> tuple[int, ...]:
