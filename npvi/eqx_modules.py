@@ -4,6 +4,10 @@ It mirrors NumPyro's :func:`~numpyro.contrib.module.random_eqx_module`: the same
 the same sample-site names (``"<name>/<key path>"``, ``"net/layers[0].weight"``) and priors. Every
 ``eqx.nn.Linear`` and ``eqx.nn.Conv`` (1-D, 2-D, 3-D) whose weight has a prior becomes an npvi
 layer, so Flipout (the default) or local reparameterization acts on it (see :mod:`npvi.networks`).
+So do the ``weight_ih`` and ``weight_hh`` of ``eqx.nn.LSTMCell`` and ``eqx.nn.GRUCell``: the cell
+only computes ``weight @ x`` with them, so an object whose ``@`` is the converted layer takes
+their place and the cell's own code runs; they draw their Flipout key once per model run (one
+weight per sequence), and local reparameterization is refused for them.
 
 An Equinox network maps one example; a batch goes through ``jax.vmap``. Flipout and local
 reparameterization draw fresh noise per example, so npvi does the ``vmap`` itself, with the axis
@@ -16,6 +20,7 @@ Equinox is an optional extra: ``pip install 'npvi[equinox]'``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -63,6 +68,24 @@ def _forward(eqx: Any, layer: Any) -> Callable[[jax.Array, jax.Array], jax.Array
     return forward
 
 
+@dataclass(frozen=True, eq=False)
+class _Kernel:
+    """A recurrent cell's ``weight_ih`` or ``weight_hh`` whose ``W @ x`` is the converted layer's call.
+
+    Equinox's ``LSTMCell`` and ``GRUCell`` hold their kernels as arrays and only multiply them
+    (``self.weight_ih @ input``), so with this in their place the cell's own code runs unchanged.
+    """
+
+    layer: Any
+
+    def __matmul__(self, x: jax.Array) -> jax.Array:
+        return self.layer(x)
+
+
+def _matvec(x: jax.Array, weight: jax.Array) -> jax.Array:
+    return weight @ x
+
+
 def random_eqx_module(
     name: str,
     nn_module: Any,
@@ -79,7 +102,9 @@ def random_eqx_module(
     NumPyro's :func:`~numpyro.contrib.module.random_eqx_module` with the same ``name``,
     ``nn_module``, ``prior`` and ``scope_divider``; the sites are ``"<name>/<key path>"``. Every
     ``eqx.nn.Linear`` and ``eqx.nn.Conv`` whose weight has a prior becomes an npvi layer under
-    ``estimator``; the module's other inexact arrays are point estimates starting at their values.
+    ``estimator``, and so do the kernels of ``eqx.nn.LSTMCell`` and ``eqx.nn.GRUCell`` (layers
+    ``"<cell>.ih"`` and ``"<cell>.hh"``, one weight draw per sequence); the module's other inexact
+    arrays are point estimates starting at their values.
     ``moped``, ``deterministic`` and ``kl`` are :func:`npvi.random_flax_module`'s.
 
     Returns ``net(*batch, **kwargs)``: the network mapped over axis 0 of every positional argument
@@ -107,6 +132,9 @@ def random_eqx_module(
     def is_layer(node: Any) -> bool:  # subclasses too: their own call is what runs
         return isinstance(node, eqx.nn.Linear | eqx.nn.Conv)
 
+    def is_cell(node: Any) -> bool:
+        return isinstance(node, eqx.nn.LSTMCell | eqx.nn.GRUCell)
+
     layers, unconvertible, order = [], {}, []
     for path, node in jax.tree_util.tree_flatten_with_path(nn_module, is_leaf=is_layer)[0]:
         if is_layer(node):
@@ -116,6 +144,13 @@ def random_eqx_module(
             layers.append(LayerSpec(layer_path, type(node).__name__, child_path(layer_path, "weight"), bias,
                                     ModuleOp(_forward(eqx, node), spatial)))  # fmt: skip
             order.append(layer_path)
+    cells = []  # the kernels of recurrent cells: ("<cell>.weight_ih", "<cell>.ih"), ...
+    for path, node in jax.tree_util.tree_flatten_with_path(nn_module, is_leaf=is_cell)[0]:
+        if is_cell(node):
+            for weight, short in (("weight_ih", "ih"), ("weight_hh", "hh")):
+                kernel, layer_path = child_path(_name(path), weight), child_path(_name(path), short)
+                layers.append(LayerSpec(layer_path, type(node).__name__, kernel, None, ModuleOp(_matvec), True))
+                cells.append(layer_path)
     for path, node in jax.tree_util.tree_flatten_with_path(
         nn_module, is_leaf=lambda node: isinstance(node, eqx.nn.ConvTranspose)
     )[0]:
@@ -127,7 +162,16 @@ def random_eqx_module(
         supported="equinox.nn.Linear, equinox.nn.Conv", divider=scope_divider,
     )  # fmt: skip
     network = eqx.combine(jax.tree_util.tree_unflatten(treedef, [values[_name(path)] for path, _ in leaves]), static)
-    if converted:
+    kernels = [(path, converted[path]) for path in cells if path in converted]
+    if kernels:
+
+        def kernels_of(tree: Any) -> list[Any]:
+            nodes = [node for node in jax.tree_util.tree_leaves(tree, is_leaf=is_cell) if is_cell(node)]
+            weights = [getattr(node, weight) for node in nodes for weight in ("weight_ih", "weight_hh")]
+            return [weight for weight, path in zip(weights, cells, strict=True) if path in converted]
+
+        network = eqx.tree_at(kernels_of, network, [_Kernel(layer) for _, layer in kernels])
+    if any(path in converted for path in order):
         proxies = [converted.get(path) for path in order]
 
         def layers_of(tree: Any) -> list[Any]:

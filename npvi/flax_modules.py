@@ -107,6 +107,9 @@ def random_flax_module(
     kernel has a prior becomes an npvi layer under ``estimator`` (``"flipout"``,
     ``"local_reparameterization"`` or ``"reparameterization"``; :mod:`npvi.handlers` override
     it). Parameters without a prior are point estimates ``numpyro.param("<name>/<path>")``.
+    The layers of a recurrent cell (an ``nn.RNNCellBase``: ``nn.LSTMCell``, ``nn.GRUCell``, ...) draw
+    their Flipout key once per model run, so each sequence sees one weight at all its time steps;
+    local reparameterization is refused for them (it would be a new weight at every step).
 
     * ``prior``: one distribution for every parameter, a dict ``{parameter path: distribution}``
       or a callable ``(path, shape) -> distribution or None``, as NumPyro takes it;
@@ -141,8 +144,9 @@ def random_flax_module(
         )
     init_args = (jnp.ones(input_shape),) if input_shape is not None else args
     found: dict[str, Any] = {}
+    in_cell: set[str] = set()
     unconvertible: dict[str, str] = {}
-    cannot = (nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
+    cannot = (nn.ConvTranspose, nn.ConvLocal, nn.Einsum, nn.OptimizedLSTMCell)
 
     def record(next_fun, call_args, call_kwargs, context):
         module = context.module
@@ -151,6 +155,8 @@ def random_flax_module(
                 unconvertible.setdefault(_path(module.path), f"flax.linen.{type(module).__name__}")
             elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv):  # subclasses too: their call runs
                 found.setdefault(_path(module.path), module.clone(parent=None))
+                if _inside_cell(nn, module):
+                    in_cell.add(_path(module.path))
         return next_fun(*call_args, **call_kwargs)
 
     with nn.intercept_methods(record):
@@ -194,7 +200,7 @@ def random_flax_module(
             rank = len(shapes[kernel].shape) - 2
             spatial = tuple(range(-1 - rank, -1))
         bias = child_path(path, "bias") if module.use_bias else None
-        layers.append(LayerSpec(path, type(module).__name__, kernel, bias, linen_op(module, spatial)))
+        layers.append(LayerSpec(path, type(module).__name__, kernel, bias, linen_op(module, spatial), path in in_cell))
     values, converted = convert(
         owner, name, _parameters(shapes, trained), layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
@@ -215,7 +221,17 @@ def random_flax_module(
     return net
 
 
-def _replace(root: Any, path: tuple[Any, ...], new: Any) -> Any:
+def _inside_cell(nn: Any, module: Any) -> bool:
+    """Whether a Linen layer belongs to a recurrent cell (an ``nn.RNNCellBase``, such as ``nn.LSTMCell``)."""
+    parent = module.parent
+    while isinstance(parent, nn.Module):
+        if isinstance(parent, nn.RNNCellBase):
+            return True
+        parent = parent.parent
+    return False
+
+
+def _replace(nnx: Any, root: Any, path: tuple[Any, ...], new: Any) -> Any:
     """Put ``new`` at ``path`` in a freshly merged NNX graph (an attribute or a list item); returns the root."""
     if not path:
         return new
@@ -225,7 +241,7 @@ def _replace(root: Any, path: tuple[Any, ...], new: Any) -> Any:
     if isinstance(path[-1], int):
         parent[path[-1]] = new
     else:
-        setattr(parent, path[-1], new)  # a plain callable in place of the layer, in this copy only
+        setattr(parent, path[-1], nnx.static(new))  # a plain callable in place of the layer, in this copy only
     return root
 
 
@@ -245,11 +261,12 @@ def random_nnx_module(
     NumPyro's :func:`~numpyro.contrib.module.random_nnx_module` with the same ``name``,
     ``nn_module`` (an initialised ``nnx.Module``), ``prior`` and ``scope_divider``; the sites are
     ``"<name>/<path>"`` (``"net/layers.0.kernel"``). Every ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Conv`` whose
-    kernel has a prior becomes an npvi layer under ``estimator``; the other ``nnx.Param`` s are
-    point estimates starting at the module's values; other state (BatchNorm's running averages,
-    RNG counters) is used as the module holds it and not updated. ``moped=delta`` starts the
-    posteriors at the module's own (trained) weights. The other keywords are
-    :func:`random_flax_module`'s.
+    kernel has a prior becomes an npvi layer under ``estimator`` (inside a recurrent cell, an
+    ``nnx.RNNCellBase``, with one weight draw per sequence, as :func:`random_flax_module`); the
+    other ``nnx.Param`` s are point estimates starting at the module's values; other state
+    (BatchNorm's running averages, RNG counters) is used as the module holds it and not updated.
+    ``moped=delta`` starts the posteriors at the module's own (trained) weights. The other
+    keywords are :func:`random_flax_module`'s.
 
     Returns ``net(*args, **kwargs)``, which calls a copy of the network, as NumPyro's does.
 
@@ -274,7 +291,9 @@ def random_nnx_module(
     parameters = [Parameter(path, tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in trained.items()]
     layers, unconvertible, paths = [], {}, {}
     cannot = (nnx.ConvTranspose, nnx.Einsum)
-    for parts, module in nnx.iter_modules(nn_module):
+    modules = list(nnx.iter_modules(nn_module))
+    cells = [parts for parts, module in modules if isinstance(module, nnx.RNNCellBase)]
+    for parts, module in modules:
         path = _path(parts)
         if isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
             unconvertible[path] = f"flax.nnx.{type(module).__name__}"
@@ -285,8 +304,9 @@ def random_nnx_module(
                 rank = jnp.ndim(module.kernel[...]) - 2
                 spatial = tuple(range(-1 - rank, -1))
             bias = child_path(path, "bias") if module.bias is not None else None
-            layers.append(LayerSpec(path, type(module).__name__, child_path(path, "kernel"), bias,
-                                    ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial)))  # fmt: skip
+            op = ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial)
+            recurrent = any(parts[: len(cell)] == cell for cell in cells)
+            layers.append(LayerSpec(path, type(module).__name__, child_path(path, "kernel"), bias, op, recurrent))
             paths[path] = parts
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
@@ -299,7 +319,7 @@ def random_nnx_module(
     def net(*call_args: Any, **call_kwargs: Any) -> Any:
         model = nnx.merge(graphdef, state, other_state, copy=True)
         for path, layer in converted.items():
-            model = _replace(model, paths[path], layer)
+            model = _replace(nnx, model, paths[path], layer)
         return model(*call_args, **call_kwargs)
 
     return net

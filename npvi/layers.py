@@ -164,7 +164,16 @@ def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
         return estimators.reparameterization(x, kernel, bias, op=op)
     family = layer.kernel_posterior
     check_estimator_supported(layer.name, estimator, family, kernel_posterior)
-    rng_key = numpyro.prng_key()
+    if layer.recurrent:  # every time step of a sequence uses the same key: one weight draw per sequence
+        if estimator == estimators.LOCAL_REPARAMETERIZATION:
+            raise ValueError(
+                f"layer {layer.name!r} is inside a recurrent cell, where local reparameterization would draw new "
+                "outputs, so in effect a new weight, at every time step; use estimator='flipout' (one weight draw "
+                "per sequence, as Edward2's LSTMCellFlipout) or 'reparameterization'"
+            )
+        rng_key = layer.sequence_key
+    else:
+        rng_key = numpyro.prng_key()
     if rng_key is None:
         raise ValueError(
             f"layer {layer.name!r}: {estimator} draws random numbers, so the model "
@@ -215,6 +224,9 @@ class LinearVariational:
     _CONFIG_KEYS: ClassVar[tuple[str, ...]]
     #: npvi's layers see a whole batch; a converted Equinox layer sees one example (see ``_forward``).
     example_axis: ClassVar[str | None] = None
+    #: A layer of a converted recurrent cell draws its estimator's key once per sequence (see ``_forward``).
+    sequence_key: ClassVar[jax.Array | None] = None
+    recurrent: ClassVar[bool] = False
     #: The arguments that set the KL choices, as errors name them (a converted network has one, ``kl``).
     kernel_kl_argument: ClassVar[str] = "kernel_kl"
     bias_kl_argument: ClassVar[str] = "bias_kl"

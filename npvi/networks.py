@@ -27,6 +27,7 @@ With ``moped=delta`` each converted weight's posterior starts at the trained wei
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ class LayerSpec:
     kernel: str
     bias: str | None
     op: ModuleOp
+    recurrent: bool = False  # inside a recurrent cell: one estimator key per sequence
 
 
 class ModuleLayer:
@@ -116,6 +118,7 @@ class ModuleLayer:
         bias_prior: dist.Distribution | None,
         kl: Any,
         example_axis: str | None,
+        recurrent: bool = False,
     ) -> None:
         self.name = name
         self.kernel_site = kernel_site
@@ -129,6 +132,8 @@ class ModuleLayer:
         self.kernel_kl_argument = self.bias_kl_argument = "kl"
         self.use_bias = bias_site is not None
         self.example_axis = example_axis
+        self.recurrent = recurrent
+        self.sequence_key = _sequence_key() if recurrent else None
         self.kernel: jax.Array | None = None
         self.bias: jax.Array | None = None
         self.kernel_q: dist.Distribution | None = None
@@ -161,6 +166,18 @@ class ModuleLayer:
         name = self.name if self.calls == 0 else f"{self.name}#{self.calls}"
         self.calls += 1
         return apply_linear(self, name, jnp.asarray(x), self.kernel, self.bias, self.kernel_q)
+
+
+def _sequence_key() -> jax.Array | None:
+    """One key for every time step of a recurrent cell's layer, drawn when the network is made (None unseeded).
+
+    Flipout's signs then depend on the example, not on the time step, so each sequence sees one
+    weight draw through all its steps, as Edward2's ``LSTMCellFlipout`` does; a key drawn per call
+    would be a new weight at every step, and could not be drawn inside a ``lax.scan`` anyway.
+    """
+    with warnings.catch_warnings():  # outside a seed handler: None, and the estimator says so when it needs it
+        warnings.simplefilter("ignore", UserWarning)
+        return numpyro.prng_key()
 
 
 def check_options(owner: str, name: Any, estimator: Any, moped: Any, kl: Any) -> None:
@@ -269,6 +286,13 @@ def convert(
                     f"(deterministic=[{path!r}]) or use estimator='reparameterization'"
                 )
     converted = {spec.kernel: spec for spec in layers if site_priors[spec.kernel] is not None}
+    recurrent = [spec.path for spec in converted.values() if spec.recurrent]
+    if recurrent and estimator == estimators.LOCAL_REPARAMETERIZATION:
+        raise ValueError(
+            f"{owner}: the layers {recurrent} are inside recurrent cells, where local reparameterization would draw "
+            "new outputs, so in effect a new weight, at every time step; use estimator='flipout' (one weight draw per "
+            "sequence) or 'reparameterization', or keep the cells deterministic"
+        )
     converted_biases = {spec.bias: spec for spec in converted.values() if spec.bias is not None}
     values: dict[str, Any] = {}
     modules: dict[str, ModuleLayer] = {}
@@ -309,6 +333,7 @@ def convert(
                 bias_prior=bias_prior,
                 kl=kl,
                 example_axis=example_axis,
+                recurrent=spec.recurrent,
             )
             kernel_msg = _sample_site(layer_name, layer.kernel_site, d)
             layer.kernel, layer.kernel_q = kernel_msg["value"], kernel_msg["infer"].get(POSTERIOR_KEY)
