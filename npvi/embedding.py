@@ -51,6 +51,31 @@ from npvi.posteriors import Posterior
 from npvi.validation import is_concrete
 
 
+def ids_as_rows(layer: str, inputs: Any, input_dim: int, min_rank: int = 1) -> OneHotRows:
+    """Integer ids as the one-hot rows an embedding's op takes; errors name ``layer``.
+
+    ``TypeError`` for ids that are not integers; ``ValueError`` for a rank below ``min_rank`` and,
+    when the ids are concrete, for ids outside ``[0, input_dim)``.
+    """
+    ids = jnp.asarray(inputs)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(
+            f"layer {layer!r}: expected integer ids in [0, {input_dim}), got dtype {ids.dtype}; "
+            "one-hot or float inputs go to a dense layer, ids to an embedding (ids.astype(int) if they are whole)"
+        )
+    if ids.ndim < min_rank:
+        raise ValueError(f"layer {layer!r}: expected ids of rank >= {min_rank} (batch, ...), got shape {ids.shape}")
+    if is_concrete(ids) and ids.size:
+        held = np.asarray(ids)
+        low, high = int(held.min()), int(held.max())
+        if low < 0 or high >= input_dim:
+            raise ValueError(
+                f"layer {layer!r}: ids must be in [0, {input_dim}) (input_dim={input_dim}), got ids from {low} to "
+                f"{high}"
+            )
+    return OneHotRows(ids, jnp.ones(ids.shape, jnp.result_type(float)), input_dim)
+
+
 class EmbeddingVariational(LinearVariational):
     """Shared implementation of the three embedding layers; use a subclass."""
 
@@ -92,23 +117,7 @@ class EmbeddingVariational(LinearVariational):
         return {"input_dim": int(self.input_dim), "output_dim": int(self.output_dim)}
 
     def _check_inputs(self, inputs: Any) -> OneHotRows:
-        ids = jnp.asarray(inputs)
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(
-                f"layer {self.name!r}: expected integer ids in [0, {self.input_dim}), got dtype {ids.dtype}; "
-                "one-hot or float inputs go to a dense layer, ids to an embedding (ids.astype(int) if they are whole)"
-            )
-        if ids.ndim < 1:
-            raise ValueError(f"layer {self.name!r}: expected ids of rank >= 1 (batch, ...), got shape {ids.shape}")
-        if is_concrete(ids) and ids.size:
-            held = np.asarray(ids)
-            low, high = int(held.min()), int(held.max())
-            if low < 0 or high >= self.input_dim:
-                raise ValueError(
-                    f"layer {self.name!r}: ids must be in [0, {self.input_dim}) (input_dim={self.input_dim}), got "
-                    f"ids from {low} to {high}"
-                )
-        return OneHotRows(ids, jnp.ones(ids.shape, jnp.result_type(float)), self.input_dim)
+        return ids_as_rows(self.name, inputs, self.input_dim)
 
     def _kernel_shape(self, x: OneHotRows) -> tuple[int, ...]:
         return (self.input_dim, self.output_dim)

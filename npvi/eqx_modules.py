@@ -2,8 +2,9 @@ r"""Make an Equinox network Bayesian: :func:`random_eqx_module`.
 
 It mirrors NumPyro's :func:`~numpyro.contrib.module.random_eqx_module`: the same arguments first,
 the same sample-site names (``"<name>/<key path>"``, ``"net/layers[0].weight"``) and priors. Every
-``eqx.nn.Linear`` and ``eqx.nn.Conv`` (1-D, 2-D, 3-D) whose weight has a prior becomes an npvi
-layer, so Flipout (the default) or local reparameterization acts on it (see :mod:`npvi.networks`).
+``eqx.nn.Linear``, ``eqx.nn.Conv`` (1-D, 2-D, 3-D) and ``eqx.nn.Embedding`` whose weight has a
+prior becomes an npvi layer (an embedding with npvi's embedding op), so Flipout (the default) or
+local reparameterization acts on it (see :mod:`npvi.networks`).
 So do the ``weight_ih`` and ``weight_hh`` of ``eqx.nn.LSTMCell`` and ``eqx.nn.GRUCell``: the cell
 only computes ``weight @ x`` with them, so an object whose ``@`` is the converted layer takes
 their place and the cell's own code runs; they draw their Flipout key once per model run (one
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from npvi.estimators import FLIPOUT
+from npvi.linear_ops import EMBEDDING
 from npvi.networks import (
     Deterministic,
     LayerSpec,
@@ -130,14 +132,18 @@ def random_eqx_module(
     parameters = [Parameter(_name(path), tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in leaves]
 
     def is_layer(node: Any) -> bool:  # subclasses too: their own call is what runs
-        return isinstance(node, eqx.nn.Linear | eqx.nn.Conv)
+        return isinstance(node, eqx.nn.Linear | eqx.nn.Conv | eqx.nn.Embedding)
 
     def is_cell(node: Any) -> bool:
         return isinstance(node, eqx.nn.LSTMCell | eqx.nn.GRUCell)
 
     layers, unconvertible, order = [], {}, []
     for path, node in jax.tree_util.tree_flatten_with_path(nn_module, is_leaf=is_layer)[0]:
-        if is_layer(node):
+        if isinstance(node, eqx.nn.Embedding):  # a lookup: npvi's embedding op, on the id as a one-hot row
+            layers.append(LayerSpec(_name(path), "Embedding", child_path(_name(path), "weight"), None, EMBEDDING,
+                                    vocabulary=node.num_embeddings))  # fmt: skip
+            order.append(_name(path))
+        elif is_layer(node):
             layer_path = _name(path)
             spatial = tuple(range(-node.num_spatial_dims, 0)) if isinstance(node, eqx.nn.Conv) else ()
             bias = child_path(layer_path, "bias") if node.bias is not None else None
@@ -159,7 +165,7 @@ def random_eqx_module(
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl, example_axis=EXAMPLE_AXIS,
-        supported="equinox.nn.Linear, equinox.nn.Conv", divider=scope_divider,
+        supported="equinox.nn.Linear, equinox.nn.Conv, equinox.nn.Embedding", divider=scope_divider,
     )  # fmt: skip
     network = eqx.combine(jax.tree_util.tree_unflatten(treedef, [values[_name(path)] for path, _ in leaves]), static)
     kernels = [(path, converted[path]) for path in cells if path in converted]

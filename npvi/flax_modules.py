@@ -2,8 +2,9 @@ r"""Make a Flax network Bayesian: :func:`random_flax_module` (Linen) and :func:`
 
 They mirror NumPyro's functions of the same names (:mod:`numpyro.contrib.module`): the same
 arguments first, the same sample-site names (``"<name>/<parameter path>"``) and the same priors,
-so under reparameterization the model is NumPyro's. What they add: every ``Dense``/``Linear`` and
-``Conv`` layer becomes an npvi layer, so Flipout (the default) or local reparameterization acts
+so under reparameterization the model is NumPyro's. What they add: every ``Dense``/``Linear``,
+``Conv`` and ``Embed`` layer becomes an npvi layer (an ``Embed`` with npvi's embedding op),
+so Flipout (the default) or local reparameterization acts
 on it, chosen by ``estimator=`` and by :mod:`npvi.handlers`; ``moped=delta`` starts each converted
 weight's posterior at the trained weight (see :mod:`npvi.networks`).
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpyro
 
 from npvi.estimators import FLIPOUT
+from npvi.linear_ops import EMBEDDING
 from npvi.networks import (
     Deterministic,
     LayerSpec,
@@ -103,8 +105,8 @@ def random_flax_module(
 
     NumPyro's :func:`~numpyro.contrib.module.random_flax_module` with the same ``name``,
     ``nn_module``, ``prior``, ``input_shape`` and init ``*args``/``**kwargs``; the sites are
-    ``"<name>/<path>"`` (``"net/Dense_0.kernel"``). Every ``nn.Dense``, ``nn.DenseGeneral`` and ``nn.Conv`` whose
-    kernel has a prior becomes an npvi layer under ``estimator`` (``"flipout"``,
+    ``"<name>/<path>"`` (``"net/Dense_0.kernel"``). Every ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv``
+    and ``nn.Embed`` whose kernel has a prior becomes an npvi layer under ``estimator`` (``"flipout"``,
     ``"local_reparameterization"`` or ``"reparameterization"``; :mod:`npvi.handlers` override
     it). Parameters without a prior are point estimates ``numpyro.param("<name>/<path>")``.
     The layers of a recurrent cell (an ``nn.RNNCellBase``: ``nn.LSTMCell``, ``nn.GRUCell``, ...) draw
@@ -153,7 +155,7 @@ def random_flax_module(
         if context.method_name == "__call__":
             if isinstance(module, cannot) or (isinstance(module, nn.DenseGeneral) and module.batch_dims):
                 unconvertible.setdefault(_path(module.path), f"flax.linen.{type(module).__name__}")
-            elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv):  # subclasses too: their call runs
+            elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv | nn.Embed):  # subclasses: their call runs
                 found.setdefault(_path(module.path), module.clone(parent=None))
                 if _inside_cell(nn, module):
                     in_cell.add(_path(module.path))
@@ -194,6 +196,11 @@ def random_flax_module(
 
     layers = []
     for path, module in found.items():
+        if isinstance(module, nn.Embed):  # a lookup: npvi's embedding op, on the ids as one-hot rows
+            spec = LayerSpec(path, "Embed", child_path(path, "embedding"), None, EMBEDDING, path in in_cell,
+                             vocabulary=module.num_embeddings)  # fmt: skip
+            layers.append(spec)
+            continue
         kernel = child_path(path, "kernel")
         spatial = ()
         if isinstance(module, nn.Conv):  # (..., *spatial, channels): one Flipout sign per example and channel
@@ -204,7 +211,7 @@ def random_flax_module(
     values, converted = convert(
         owner, name, _parameters(shapes, trained), layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.linen.Dense, flax.linen.DenseGeneral (without batch_dims), flax.linen.Conv",
+        supported="flax.linen.Dense, flax.linen.DenseGeneral (without batch_dims), flax.linen.Conv, flax.linen.Embed",
     )  # fmt: skip
     tree = _unflatten_into(tree_shapes, values)
 
@@ -260,7 +267,8 @@ def random_nnx_module(
 
     NumPyro's :func:`~numpyro.contrib.module.random_nnx_module` with the same ``name``,
     ``nn_module`` (an initialised ``nnx.Module``), ``prior`` and ``scope_divider``; the sites are
-    ``"<name>/<path>"`` (``"net/layers.0.kernel"``). Every ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Conv`` whose
+    ``"<name>/<path>"`` (``"net/layers.0.kernel"``). Every ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Conv`` and
+    ``nnx.Embed`` whose
     kernel has a prior becomes an npvi layer under ``estimator`` (inside a recurrent cell, an
     ``nnx.RNNCellBase``, with one weight draw per sequence, as :func:`random_flax_module`); the
     other ``nnx.Param`` s are point estimates starting at the module's values; other state
@@ -297,6 +305,11 @@ def random_nnx_module(
         path = _path(parts)
         if isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
             unconvertible[path] = f"flax.nnx.{type(module).__name__}"
+        elif isinstance(module, nnx.Embed):
+            recurrent = any(parts[: len(cell)] == cell for cell in cells)
+            layers.append(LayerSpec(path, "Embed", child_path(path, "embedding"), None, EMBEDDING, recurrent,
+                                    vocabulary=module.num_embeddings))  # fmt: skip
+            paths[path] = parts
         elif isinstance(module, nnx.Linear | nnx.LinearGeneral | nnx.Conv):  # subclasses too: their call runs
             layer_def, layer_state = nnx.split(module)
             spatial = ()
@@ -311,7 +324,8 @@ def random_nnx_module(
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.nnx.Linear, flax.nnx.LinearGeneral (without batch_axis), flax.nnx.Conv", divider=scope_divider,
+        supported="flax.nnx.Linear, flax.nnx.LinearGeneral (without batch_axis), flax.nnx.Conv, flax.nnx.Embed",
+        divider=scope_divider,
     )  # fmt: skip
     state = jax.tree.map(lambda leaf: leaf, params_state)
     nnx.replace_by_pure_dict(state, _unflatten_into(params_tree, values))

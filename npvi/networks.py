@@ -38,6 +38,7 @@ import numpyro
 from numpyro import distributions as dist
 
 from npvi import estimators
+from npvi.embedding import ids_as_rows
 from npvi.layers import POSTERIOR_KEY, _check_kl, _sample_site, apply_linear
 from npvi.linear_ops import add_trailing_bias
 from npvi.posteriors import MeanFieldNormal, MopedNormal, Posterior
@@ -96,6 +97,7 @@ class LayerSpec:
     bias: str | None
     op: ModuleOp
     recurrent: bool = False  # inside a recurrent cell: one estimator key per sequence
+    vocabulary: int | None = None  # an embedding: its ids become OneHotRows of this many classes
 
 
 class ModuleLayer:
@@ -119,6 +121,7 @@ class ModuleLayer:
         kl: Any,
         example_axis: str | None,
         recurrent: bool = False,
+        vocabulary: int | None = None,
     ) -> None:
         self.name = name
         self.kernel_site = kernel_site
@@ -133,6 +136,7 @@ class ModuleLayer:
         self.use_bias = bias_site is not None
         self.example_axis = example_axis
         self.recurrent = recurrent
+        self.vocabulary = vocabulary
         self.sequence_key = _sequence_key() if recurrent else None
         self.kernel: jax.Array | None = None
         self.bias: jax.Array | None = None
@@ -156,6 +160,12 @@ class ModuleLayer:
             dims[self.bias_site] = [f"{self.bias_site}_dim_{i}" for i in range(len(jnp.shape(self.bias)))]
         return dims
 
+    def attend(self, query: jax.Array) -> jax.Array:
+        """An embedding's ``query @ E.T`` (Flax's ``Embed.attend``, tied output weights) with the drawn table."""
+        if self.vocabulary is None:
+            raise AttributeError(f"layer {self.name!r} is not an embedding; only an embedding has attend()")
+        return jnp.dot(query, self.kernel.T)
+
     def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
         """The layer on ``x``; ``out_sharding`` (NNX's keyword, which its attention passes) must be None."""
         if out_sharding is not None:
@@ -165,7 +175,9 @@ class ModuleLayer:
             )
         name = self.name if self.calls == 0 else f"{self.name}#{self.calls}"
         self.calls += 1
-        return apply_linear(self, name, jnp.asarray(x), self.kernel, self.bias, self.kernel_q)
+        # An embedding's ids are one-hot rows to the estimators (npvi.linear_ops.Embedding): no one-hot array.
+        x = jnp.asarray(x) if self.vocabulary is None else ids_as_rows(self.name, x, self.vocabulary, min_rank=0)
+        return apply_linear(self, name, x, self.kernel, self.bias, self.kernel_q)
 
 
 def _sequence_key() -> jax.Array | None:
@@ -334,6 +346,7 @@ def convert(
                 kl=kl,
                 example_axis=example_axis,
                 recurrent=spec.recurrent,
+                vocabulary=spec.vocabulary,
             )
             kernel_msg = _sample_site(layer_name, layer.kernel_site, d)
             layer.kernel, layer.kernel_q = kernel_msg["value"], kernel_msg["infer"].get(POSTERIOR_KEY)

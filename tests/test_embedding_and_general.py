@@ -262,3 +262,93 @@ def test_a_sequence_model_of_both_trains():
     assert mu.shape == (20, 64)
     rmse = float(jnp.sqrt(jnp.mean((mu.mean(0) - y) ** 2)))
     assert rmse < 0.5 * float(y.std()), (rmse, float(y.std()))  # it learned the sum's sine, not a constant
+
+
+# Flax's Embed and Equinox's Embedding, converted by random_*_module: npvi's embedding op on their ids.
+VOCAB, FEATURES = 6, 3
+
+
+def converted_embedding(kind, numpyro_module=None):
+    """``net(ids)``: the framework's embedding alone, made Bayesian by npvi (or by NumPyro's function)."""
+    import equinox as eqx
+    import flax.linen as linen
+    from flax import nnx
+
+    convert, prior = numpyro_module or npvi, dist.Normal(0.0, 1.0)
+    if kind == "linen":
+        return convert.random_flax_module("net", linen.Embed(VOCAB, FEATURES), prior, jnp.zeros((1, 2), jnp.int32))
+    if kind == "nnx":
+        return convert.random_nnx_module("net", nnx.Embed(VOCAB, FEATURES, rngs=nnx.Rngs(0)), prior)
+    net = convert.random_eqx_module("net", eqx.nn.Embedding(VOCAB, FEATURES, key=jax.random.PRNGKey(0)), prior)
+    return net if numpyro_module is None else jax.vmap(net)
+
+
+def converted_model(kind, **kwargs):
+    def model(ids):
+        numpyro.deterministic("out", converted_embedding(kind, **kwargs)(ids))
+
+    return model
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx", "eqx"])
+def test_a_converted_embedding_is_numpyros_under_reparameterization_and_exact_under_flipout(kind):
+    from numpyro.contrib import module as numpyro_module
+    from numpyro.infer.util import log_density
+
+    ids = jnp.array([1, 4, 4, 0, 5])  # eqx maps over the ids; Flax takes them as they are
+    reference, model = converted_model(kind, numpyro_module=numpyro_module), converted_model(kind)
+    ref_trace = numpyro.handlers.trace(numpyro.handlers.seed(reference, 0)).get_trace(ids)
+    table = ref_trace["net/embedding" if kind != "eqx" else "net/weight"]["value"]
+    values = {k: v["value"] for k, v in ref_trace.items() if v["type"] == "sample"}
+    reparameterized = npvi.handlers.reparameterization(model)
+    np.testing.assert_allclose(log_density(reparameterized, (ids,), {}, values)[0],
+                               log_density(reference, (ids,), {}, values)[0], rtol=1e-6)  # fmt: skip
+    out = numpyro.handlers.substitute(numpyro.handlers.seed(reparameterized, 0), data=values)
+    np.testing.assert_array_equal(numpyro.handlers.trace(out).get_trace(ids)["out"]["value"], table[ids])
+    # Flipout: each output element N(mu[id], sigma^2[id]) exactly, as npvi's own embedding.
+    site = "net/embedding" if kind != "eqx" else "net/weight"
+    params, mu, sigma = known_posterior((VOCAB, FEATURES))
+    params = {f"{site}.{k}": params[f"l.kernel.{k}"] for k in ("loc", "untransformed_scale")}
+    assert_exact_moments(draws_of(npvi.handlers.flipout(model), params, ids), mu[ids], sigma[ids] ** 2)
+
+
+def test_a_converted_embedding_checks_its_ids_and_attends_with_the_drawn_table():
+    from flax import nnx
+
+    with pytest.raises(TypeError, match=r"layer 'net': expected integer ids in \[0, 6\), got dtype float32"):
+        numpyro.handlers.seed(converted_model("nnx"), 0)(jnp.ones(3))
+    with pytest.raises(ValueError, match=r"layer 'net': ids must be in \[0, 6\).*from 0 to 6"):
+        numpyro.handlers.seed(converted_model("linen"), 0)(jnp.array([0, 6]))
+
+    class Tied(nnx.Module):  # output logits with the embedding's own table (weight tying)
+        def __init__(self):
+            self.embed = nnx.Embed(VOCAB, FEATURES, rngs=nnx.Rngs(0))
+
+        def __call__(self, ids):
+            return self.embed.attend(self.embed(ids))
+
+    def tied(ids):
+        numpyro.deterministic("out", npvi.random_nnx_module("net", Tied(), dist.Normal(0.0, 1.0))(ids))
+
+    run = numpyro.handlers.trace(numpyro.handlers.seed(npvi.handlers.reparameterization(tied), 0)).get_trace(
+        jnp.array([2, 3])
+    )
+    table = run["net/embed.embedding"]["value"]
+    np.testing.assert_allclose(run["out"]["value"], table[jnp.array([2, 3])] @ table.T, rtol=1e-6)
+
+
+def test_a_converted_linen_embedding_step_never_builds_a_one_hot_array():
+    import flax.linen as linen
+
+    vocab = 1000
+
+    def model(ids, y=None):
+        net = npvi.random_flax_module("net", linen.Embed(vocab, 4), dist.Normal(0.0, 1.0), ids[:1])
+        with numpyro.plate("data", ids.shape[0]):
+            numpyro.sample("y", dist.Normal(net(ids).sum((-2, -1)), 1.0), obs=y)
+
+    ids, y = jnp.zeros((8, 5), jnp.int32), jnp.zeros(8)
+    svi = SVI(model, npvi.MeanFieldGuide(model), optax.sgd(0.1), npvi.ELBO())
+    state = svi.init(jax.random.PRNGKey(0), ids, y)
+    with_vocabulary = {s for s in _shapes(jax.make_jaxpr(lambda s: svi.update(s, ids, y))(state).jaxpr) if vocab in s}
+    assert max(math.prod(shape) for shape in with_vocabulary) == vocab * 4, with_vocabulary
