@@ -350,8 +350,8 @@ def run(fn):
 
 
 def test_a_network_without_dense_or_conv_layers_is_refused():
-    with pytest.raises(ValueError, match=r"random_eqx_module\('net'\): the network has no layer npvi can make "
-                                         r"Bayesian \(equinox.nn.Linear, equinox.nn.Conv, equinox.nn.Embedding\)"):  # fmt: skip
+    words = r"random_eqx_module\('net'\): the network has no layer npvi can make Bayesian \(equinox.nn.Linear, "
+    with pytest.raises(ValueError, match=words + r"equinox.nn.Conv, equinox.nn.Embedding\)"):
         run(lambda: npvi.random_eqx_module("net", eqx.nn.LayerNorm(4), PRIOR))
 
 
@@ -550,7 +550,24 @@ ATTENTION = {
         lambda prior=PRIOR: numpyro_module.random_nnx_module("net", nnx_attention(), prior),
         lambda prior=PRIOR: npvi.random_nnx_module("net", nnx_attention(), prior),
     ),
+    "eqx": (  # NumPyro's Equinox module maps one example: vmapped by hand; npvi's takes the batch
+        lambda prior=PRIOR: jax.vmap(numpyro_module.random_eqx_module("net", EqxAttention(), prior)),
+        lambda prior=PRIOR: npvi.random_eqx_module("net", EqxAttention(), prior),
+    ),
 }
+
+
+class EqxAttention(eqx.Module):
+    """Self-attention of one sequence, with every projection's bias (as Flax's blocks have them)."""
+
+    att: eqx.nn.MultiheadAttention
+
+    def __init__(self):
+        biases = dict(use_query_bias=True, use_key_bias=True, use_value_bias=True, use_output_bias=True)
+        self.att = eqx.nn.MultiheadAttention(2, 8, key=jax.random.PRNGKey(0), **biases)
+
+    def __call__(self, x):
+        return self.att(x, x, x)
 
 
 def linen_attention():
@@ -562,7 +579,7 @@ def nnx_attention():
 
 
 @pytest.mark.usefixtures("quick_xla")
-@pytest.mark.parametrize("framework", ["linen", "nnx"])
+@pytest.mark.parametrize("framework", ["linen", "nnx", "eqx"])
 def test_an_attention_block_converts_with_numpyros_sites_and_decorrelates_under_flipout(framework):
     numpyro_net, npvi_net = ATTENTION[framework]
     x = jax.random.normal(jax.random.PRNGKey(5), (3, 5, 8))
@@ -587,10 +604,11 @@ def test_an_attention_block_converts_with_numpyros_sites_and_decorrelates_under_
     ref_density = jax.jit(lambda v: log_density(reference, (x, y), {}, v)[0])(values)
     our_density = jax.jit(lambda v: log_density(model, (x, y), {}, v)[0])(values)
     np.testing.assert_allclose(our_density, ref_density, rtol=1e-5)
-    projections = {f"net/{p}" for p in ("query", "key", "value", "out")}
+    names = ("query", "key", "value", "out") if framework != "eqx" else ("query", "key", "value", "output")
+    projections = {f"net/{p}" if framework != "eqx" else f"net/att.{p}_proj" for p in names}
     assert {k for k, kind in our_kinds.items() if kind[0] == "npvi_linear"} == projections
     # Priors on the kernels only (the issue's setting): a bias with a prior is one draw for the batch, shared.
-    kernels_only = lambda path, shape: PRIOR if path.endswith("kernel") else None  # noqa: E731
+    kernels_only = lambda path, shape: PRIOR if path.endswith(("kernel", "weight")) else None  # noqa: E731
     correlation = {}
     for estimator in ("reparameterization", "flipout", "local_reparameterization"):
         out = draws_of_two_identical_examples(lambda: npvi_net(kernels_only), x, estimator)
