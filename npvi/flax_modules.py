@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpyro
 
 from npvi.estimators import FLIPOUT
-from npvi.linear_ops import EMBEDDING
+from npvi.linear_ops import EMBEDDING, Contraction
 from npvi.networks import (
     Deterministic,
     LayerSpec,
@@ -148,14 +148,17 @@ def random_flax_module(
     found: dict[str, Any] = {}
     in_cell: set[str] = set()
     unconvertible: dict[str, str] = {}
-    cannot = (nn.ConvTranspose, nn.ConvLocal, nn.Einsum, nn.OptimizedLSTMCell)
+    cannot = (nn.ConvTranspose, nn.ConvLocal, nn.OptimizedLSTMCell)
 
     def record(next_fun, call_args, call_kwargs, context):
         module = context.module
         if context.method_name == "__call__":
-            if isinstance(module, cannot) or (isinstance(module, nn.DenseGeneral) and module.batch_dims):
+            einsum = _contraction(module.einsum_str) if isinstance(module, nn.Einsum) else None
+            if isinstance(einsum, str):
+                unconvertible.setdefault(_path(module.path), f"flax.linen.Einsum {einsum}")
+            elif isinstance(module, cannot) or (isinstance(module, nn.DenseGeneral) and module.batch_dims):
                 unconvertible.setdefault(_path(module.path), f"flax.linen.{type(module).__name__}")
-            elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv | nn.Embed):  # subclasses: their call runs
+            elif isinstance(module, nn.Dense | nn.DenseGeneral | nn.Conv | nn.Embed | nn.Einsum):  # subclasses too
                 found.setdefault(_path(module.path), module.clone(parent=None))
                 if _inside_cell(nn, module):
                     in_cell.add(_path(module.path))
@@ -182,7 +185,7 @@ def random_flax_module(
         trained = _flatten(initial["params"])
     inside = []  # a converted layer's own computation runs under the interceptor: let it through
 
-    def linen_op(module: Any, spatial_axes: tuple[int, ...]) -> ModuleOp:
+    def linen_op(module: Any, spatial_axes: tuple[int, ...], contraction: Any = None) -> ModuleOp:
         plain = module.clone(use_bias=False)
 
         def forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -192,7 +195,7 @@ def random_flax_module(
             finally:
                 inside.pop()
 
-        return ModuleOp(forward, spatial_axes)
+        return ModuleOp(forward, spatial_axes, contraction)
 
     layers = []
     for path, module in found.items():
@@ -207,11 +210,14 @@ def random_flax_module(
             rank = len(shapes[kernel].shape) - 2
             spatial = tuple(range(-1 - rank, -1))
         bias = child_path(path, "bias") if module.use_bias else None
-        layers.append(LayerSpec(path, type(module).__name__, kernel, bias, linen_op(module, spatial), path in in_cell))
+        contraction = _contraction(module.einsum_str) if isinstance(module, nn.Einsum) else None
+        op = linen_op(module, spatial, contraction)
+        layers.append(LayerSpec(path, type(module).__name__, kernel, bias, op, path in in_cell))
     values, converted = convert(
         owner, name, _parameters(shapes, trained), layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.linen.Dense, flax.linen.DenseGeneral (without batch_dims), flax.linen.Conv, flax.linen.Embed",
+        supported="flax.linen.Dense, flax.linen.DenseGeneral (without batch_dims), flax.linen.Conv, flax.linen.Embed, "
+                  "flax.linen.Einsum (an equation every axis of whose input is in the kernel or the output)",
     )  # fmt: skip
     tree = _unflatten_into(tree_shapes, values)
 
@@ -226,6 +232,20 @@ def random_flax_module(
             return nn_module.apply({"params": tree}, *call_args, **call_kwargs)
 
     return net
+
+
+def _contraction(einsum_str: str | None) -> Contraction | str:
+    """An Einsum layer's equation as a :class:`~npvi.linear_ops.Contraction`, or why it cannot be one.
+
+    The estimators need every axis of the input in the kernel or the output (see ``Contraction``);
+    an equation given only at call time is not known when the network is converted.
+    """
+    if einsum_str is None:
+        return "(with its einsum_str given at call time: give it to the module instead)"
+    try:
+        return Contraction(einsum_str.replace(" ", ""))
+    except ValueError as error:
+        return f"({error})"
 
 
 def _inside_cell(nn: Any, module: Any) -> bool:
@@ -298,33 +318,37 @@ def random_nnx_module(
     trained = _flatten(params_tree)
     parameters = [Parameter(path, tuple(jnp.shape(v)), jnp.result_type(v), v) for path, v in trained.items()]
     layers, unconvertible, paths = [], {}, {}
-    cannot = (nnx.ConvTranspose, nnx.Einsum)
+    cannot = (nnx.ConvTranspose,)
     modules = list(nnx.iter_modules(nn_module))
     cells = [parts for parts, module in modules if isinstance(module, nnx.RNNCellBase)]
     for parts, module in modules:
         path = _path(parts)
-        if isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
+        einsum = _contraction(module.einsum_str) if isinstance(module, nnx.Einsum) else None
+        if isinstance(einsum, str):
+            unconvertible[path] = f"flax.nnx.Einsum {einsum}"
+        elif isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
             unconvertible[path] = f"flax.nnx.{type(module).__name__}"
         elif isinstance(module, nnx.Embed):
             recurrent = any(parts[: len(cell)] == cell for cell in cells)
             layers.append(LayerSpec(path, "Embed", child_path(path, "embedding"), None, EMBEDDING, recurrent,
                                     vocabulary=module.num_embeddings))  # fmt: skip
             paths[path] = parts
-        elif isinstance(module, nnx.Linear | nnx.LinearGeneral | nnx.Conv):  # subclasses too: their call runs
+        elif isinstance(module, nnx.Linear | nnx.LinearGeneral | nnx.Conv | nnx.Einsum):  # subclasses too
             layer_def, layer_state = nnx.split(module)
             spatial = ()
             if isinstance(module, nnx.Conv):  # (..., *spatial, channels)
                 rank = jnp.ndim(module.kernel[...]) - 2
                 spatial = tuple(range(-1 - rank, -1))
             bias = child_path(path, "bias") if module.bias is not None else None
-            op = ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial)
+            op = ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial, einsum)
             recurrent = any(parts[: len(cell)] == cell for cell in cells)
             layers.append(LayerSpec(path, type(module).__name__, child_path(path, "kernel"), bias, op, recurrent))
             paths[path] = parts
     values, converted = convert(
         owner, name, parameters, layers, unconvertible, prior,
         estimator=estimator, moped=moped, deterministic=deterministic, kl=kl,
-        supported="flax.nnx.Linear, flax.nnx.LinearGeneral (without batch_axis), flax.nnx.Conv, flax.nnx.Embed",
+        supported="flax.nnx.Linear, flax.nnx.LinearGeneral (without batch_axis), flax.nnx.Conv, flax.nnx.Embed, "
+                  "flax.nnx.Einsum (an equation every axis of whose input is in the kernel or the output)",
         divider=scope_divider,
     )  # fmt: skip
     state = jax.tree.map(lambda leaf: leaf, params_state)

@@ -165,6 +165,20 @@ class Contraction:
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
         return add_trailing_bias(out, bias)
 
+    def add_kernel_axes_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
+        """``out + bias`` for a bias over the output axes that come from the kernel, in their order (Flax's Einsum).
+
+        >>> op = Contraction("bd,dk->kb")
+        >>> op.add_kernel_axes_bias(jnp.zeros((3, 2)), jnp.arange(3.0)).tolist()
+        [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+        """
+        if bias is None:
+            return out
+        _, _, kernel_axes, _, out_axes = _EQUATION.match(self.equation.replace(" ", "")).groups()
+        sizes = iter(jnp.shape(bias))
+        trailing = [next(sizes) if axis in kernel_axes else 1 for axis in out_axes]
+        return out + jnp.reshape(bias, [1] * (jnp.ndim(out) - len(out_axes)) + trailing)
+
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return tuple(x_shape), tuple(out_shape)
 

@@ -40,7 +40,7 @@ from numpyro import distributions as dist
 from npvi import estimators
 from npvi.embedding import ids_as_rows
 from npvi.layers import POSTERIOR_KEY, _check_kl, _sample_site, apply_linear
-from npvi.linear_ops import add_trailing_bias
+from npvi.linear_ops import Contraction, add_trailing_bias
 from npvi.posteriors import MeanFieldNormal, MopedNormal, Posterior
 from npvi.validation import is_concrete
 
@@ -67,16 +67,21 @@ class ModuleOp:
     """A layer's own computation ``forward(x, W)`` (no bias) as an npvi linear operation.
 
     ``spatial_axes`` (negative) are the axes of the input and output that share one Flipout sign:
-    none for a dense layer, the spatial axes for a convolution.
+    none for a dense layer, the spatial axes for a convolution. An einsum layer gives its
+    equation as ``contraction`` (checked there: every axis of ``x`` in the kernel or the output),
+    which adds the bias over the output axes that come from the kernel.
     """
 
     forward: Callable[[jax.Array, jax.Array], jax.Array]
     spatial_axes: tuple[int, ...] = ()
+    contraction: Contraction | None = None  # an Einsum layer: its equation places the bias
 
     def __call__(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         return self.forward(x, kernel)
 
     def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
+        if self.contraction is not None:
+            return self.contraction.add_kernel_axes_bias(out, bias)
         return add_trailing_bias(out, bias)
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -282,21 +287,22 @@ def convert(
     ``owner`` names the calling function in errors; ``supported`` lists the layer types it converts.
     """
     paths = [parameter.path for parameter in parameters]
-    if not layers:
-        raise ValueError(f"{owner}: the network has no layer npvi can make Bayesian ({supported}); "
-                         f"its parameters are {paths}")  # fmt: skip
     priors = _Priors(owner, prior, deterministic, paths)
     by_path = {parameter.path: parameter for parameter in parameters}
     site_priors = {parameter.path: priors(parameter.path, parameter.shape) for parameter in parameters}
     if estimator != estimators.REPARAMETERIZATION:
         for path, type_name in unconvertible.items():
-            with_prior = [p for p in paths if _matches(p, path) and site_priors[p] is not None]
+            with_prior = [p for p in paths if (not path or _matches(p, path)) and site_priors[p] is not None]
             if with_prior:
+                way_out = f"leave it deterministic (deterministic=[{path!r}]) or " if path else ""
                 raise ValueError(
-                    f"{owner}: layer {path!r} is a {type_name}, which npvi cannot convert to {estimator} (it converts "
-                    f"{supported}), but {with_prior} have a prior; leave it deterministic "
-                    f"(deterministic=[{path!r}]) or use estimator='reparameterization'"
+                    f"{owner}: layer {path or name!r} is a {type_name}, which npvi cannot convert to {estimator} (it "
+                    f"converts {supported}), but {with_prior} have a prior; {way_out}use "
+                    "estimator='reparameterization'"
                 )
+    if not layers:  # after the layers it cannot convert, whose message says why
+        raise ValueError(f"{owner}: the network has no layer npvi can make Bayesian ({supported}); "
+                         f"its parameters are {paths}")  # fmt: skip
     converted = {spec.kernel: spec for spec in layers if site_priors[spec.kernel] is not None}
     recurrent = [spec.path for spec in converted.values() if spec.recurrent]
     if recurrent and estimator == estimators.LOCAL_REPARAMETERIZATION:

@@ -352,3 +352,56 @@ def test_a_converted_linen_embedding_step_never_builds_a_one_hot_array():
     state = svi.init(jax.random.PRNGKey(0), ids, y)
     with_vocabulary = {s for s in _shapes(jax.make_jaxpr(lambda s: svi.update(s, ids, y))(state).jaxpr) if vocab in s}
     assert max(math.prod(shape) for shape in with_vocabulary) == vocab * 4, with_vocabulary
+
+
+# Flax's Einsum (Linen, NNX), converted: the module's own einsum, its bias on the kernel's output axes.
+def converted_einsum(kind, equation="abc,cde->abde", numpyro_module=None):
+    import flax.linen as linen
+    from flax import nnx
+
+    convert, prior = numpyro_module or npvi, dist.Normal(0.0, 1.0)
+    kernels_only = (lambda path, shape: prior if path.endswith("kernel") else None) if numpyro_module is None else prior
+    if kind == "linen":
+        module = linen.Einsum((3, 2, 4), equation)
+        return convert.random_flax_module("net", module, kernels_only, input_shape=(1, 5, 3))
+    module = nnx.Einsum(equation, (3, 2, 4), (2, 4), rngs=nnx.Rngs(0))
+    return convert.random_nnx_module("net", module, kernels_only)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_a_converted_einsum_has_the_exact_moments_under_each_estimator(kind):
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 3))
+
+    def model(x):
+        numpyro.deterministic("out", converted_einsum(kind)(x))
+
+    guide = npvi.MeanFieldGuide(model)
+    from conftest import init_params
+
+    params = init_params(model, guide, x)
+    known, mu, sigma = known_posterior((3, 2, 4))
+    params.update({f"net/kernel.{k}": known[f"l.kernel.{k}"] for k in ("loc", "untransformed_scale")})
+    bias = params["net/bias"] = jnp.arange(8.0).reshape(2, 4)  # on the output axes d, e (Flax's rule)
+    mean = jnp.einsum("abc,cde->abde", x, mu) + bias
+    var = jnp.einsum("abc,cde->abde", x * x, sigma**2)
+    for handler in (npvi.handlers.flipout, npvi.handlers.local_reparameterization):
+        assert_exact_moments(draws_of(handler(model), params, x), mean, var)
+
+
+def test_an_einsum_npvi_cannot_make_bayesian_says_why():
+    import flax.linen as linen
+
+    x = jnp.ones((2, 5, 3))
+    summed = linen.Einsum((3, 4), "abc,cd->ad")  # b is summed without the kernel
+    with pytest.raises(ValueError, match=r"Einsum \(Contraction 'abc,cd->ad': the axes \['b'\] of x are summed"):
+        numpyro.handlers.seed(lambda: npvi.random_flax_module(
+            "net", summed, dist.Normal(0.0, 1.0), input_shape=(1, 5, 3))(x), 0)()  # fmt: skip
+
+    class CallTime(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Einsum((3, 4), None)(x, "abc,cd->abd")
+
+    with pytest.raises(ValueError, match="einsum_str given at call time"):
+        numpyro.handlers.seed(lambda: npvi.random_flax_module(
+            "net", CallTime(), dist.Normal(0.0, 1.0), input_shape=(1, 5, 3))(x), 0)()  # fmt: skip
