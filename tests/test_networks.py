@@ -618,3 +618,35 @@ def test_an_attention_block_converts_with_numpyros_sites_and_decorrelates_under_
     # 2000 draws: a correlation near 0 has a standard error of 0.022; 0.1 is 4.5 of them.
     for estimator in ("flipout", "local_reparameterization"):
         assert np.abs(correlation[estimator]).mean() < 0.1 and np.all(np.abs(correlation[estimator]) < 0.25), estimator
+
+
+@pytest.mark.usefixtures("quick_xla")
+def test_flipout_and_lrt_lower_the_gradient_variance_of_every_attention_projection():
+    kernels_only = lambda path, shape: PRIOR if path.endswith("kernel") else None  # noqa: E731
+    _, npvi_net = ATTENTION["linen"]
+
+    def model(x, y=None):
+        out = npvi_net(kernels_only)(x)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Normal(out, 1.0).to_event(2), obs=y)
+
+    x, y = jax.random.normal(jax.random.PRNGKey(5), (32, 5, 8)), jax.random.normal(jax.random.PRNGKey(6), (32, 5, 8))
+    guide = npvi.MeanFieldGuide(model)
+    params = init_params(model, guide, x, y)
+    params = {k: v + 2.0 if k.endswith("untransformed_scale") else v for k, v in params.items()}
+    names = [f"net/{p}.kernel.loc" for p in ("query", "key", "value", "out")]
+    variance = {}
+    for estimator in ("reparameterization", "flipout", "local_reparameterization"):
+
+        def grad_locs(key, estimator=estimator):
+            handled = getattr(npvi.handlers, estimator)(model)
+            grads = jax.grad(lambda p: npvi.ELBO().loss(key, p, handled, guide, x, y))(params)
+            return [grads[name] for name in names]
+
+        keys = jax.random.split(jax.random.PRNGKey(1), 100)
+        grads = jax.jit(lambda keys, f=grad_locs: jax.lax.map(f, keys))(keys)
+        variance[estimator] = np.array([float(g.var(0).sum()) for g in grads])
+    # 100 draws: each ratio to about 20 %. Measured: Flipout 0.43, 0.40, 0.19, 0.12 of reparameterization's
+    # (query, key, value, out), LRT 0.26, 0.26, 0.10, 0.11.
+    for estimator in ("flipout", "local_reparameterization"):
+        assert np.all(variance[estimator] < 0.7 * variance["reparameterization"]), variance
