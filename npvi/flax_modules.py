@@ -292,7 +292,8 @@ def random_nnx_module(
     kernel has a prior becomes an npvi layer under ``estimator`` (inside a recurrent cell, an
     ``nnx.RNNCellBase``, with one weight draw per sequence, as :func:`random_flax_module`); the
     other ``nnx.Param`` s are point estimates starting at the module's values; other state
-    (BatchNorm's running averages, RNG counters) is used as the module holds it and not updated.
+    (BatchNorm's running averages, RNG counters) is NumPyro's mutable site ``"<name>$state"``, as
+    NumPyro's ``random_nnx_module`` keeps it: SVI carries it, each call writes the new state.
     ``moped=delta`` starts the posteriors at the module's own (trained) weights. The other
     keywords are :func:`random_flax_module`'s.
 
@@ -354,11 +355,23 @@ def random_nnx_module(
     state = jax.tree.map(lambda leaf: leaf, params_state)
     nnx.replace_by_pure_dict(state, _unflatten_into(params_tree, values))
 
+    # Other state (BatchNorm's running averages, RNG counters) is NumPyro's mutable site "<name>$state", as
+    # NumPyro's nnx_module keeps it: SVI carries it from step to step, and each call writes the new state.
+    other = nnx.to_pure_dict(other_state)
+    holder = numpyro.primitives.mutable(f"{name}$state", {"state": other}) if other else None
+
     def net(*call_args: Any, **call_kwargs: Any) -> Any:
-        model = nnx.merge(graphdef, state, other_state, copy=True)
+        current = jax.tree.map(lambda leaf: leaf, other_state)
+        if holder is not None:
+            nnx.replace_by_pure_dict(current, holder["state"])
+        model = nnx.merge(graphdef, state, current, copy=True)
         for path, layer in converted.items():
             model = _replace(nnx, model, paths[path], layer)
-        return model(*call_args, **call_kwargs)
+        out = model(*call_args, **call_kwargs)
+        if holder is not None:
+            new_state = nnx.state(model, nnx.Not(nnx.Param))
+            holder["state"] = jax.lax.stop_gradient(nnx.to_pure_dict(new_state))
+        return out
 
     return net
 
