@@ -61,7 +61,10 @@ def local_reparameterization(
     """Sample each output element from ``N(op(x, loc) + b, op(x * x, scale^2))`` independently.
 
     Where the variance is exactly 0 (an all-zero input row) the standard deviation
-    is 0 with a zero gradient, instead of ``sqrt``'s ``inf * 0 = NaN``.
+    is 0 with a zero gradient, instead of ``sqrt``'s ``inf * 0 = NaN``. The noise is
+    drawn in float32 (at least) and rounded to the output's dtype, so that in a lower
+    compute dtype (:class:`npvi.handlers.mixed_precision`) a key gives the float32
+    draws, rounded.
 
     >>> import jax, jax.numpy as jnp
     >>> out = local_reparameterization(jax.random.PRNGKey(0), jnp.zeros((2, 3)),
@@ -71,19 +74,35 @@ def local_reparameterization(
     """
     mean = op(x, loc)
     std = safe_sqrt(op(x * x, scale * scale))
-    noise = jax.random.normal(rng_key, mean.shape, mean.dtype)
+    noise = jax.random.normal(rng_key, mean.shape, _at_least_float32(mean.dtype)).astype(mean.dtype)
     return op.add_bias(mean + std * noise, bias)
+
+
+def _at_least_float32(dtype):
+    """``dtype``, or float32 for a narrower float (bfloat16, float16)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def safe_sqrt(variance: jax.Array) -> jax.Array:
     """``sqrt`` with a zero gradient (not ``inf * 0 = NaN``) where the variance is exactly 0.
 
+    A narrower float (bfloat16, float16) is taken in float32 and the result rounded back:
+    a float16 variance below float16's smallest normal number (6.1e-5, reached when the
+    scales' squares underflow) is a subnormal there, which some hardware flushes to zero
+    inside ``sqrt`` (``sqrt(0)`` after a ``> 0`` test: an infinite gradient), but is a
+    normal float32 number, whose square root has the finite gradient
+    ``1 / (2 sqrt(v)) <= 1 / (2 sqrt(2^-24)) = 2048``.
+
     >>> import jax, jax.numpy as jnp
     >>> float(jax.grad(safe_sqrt)(jnp.float32(0.0))), float(safe_sqrt(jnp.float32(4.0)))
     (0.0, 2.0)
+    >>> float(jax.grad(safe_sqrt)(jnp.float16(2.0**-24)))  # float16's smallest subnormal
+    2048.0
     """
+    dtype = jnp.result_type(variance)
+    variance = jnp.asarray(variance, _at_least_float32(dtype))
     positive = variance > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0).astype(dtype)
 
 
 def flipout(

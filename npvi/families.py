@@ -32,7 +32,7 @@ from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
 from npvi import estimators
-from npvi.linear_ops import Convolution, Dense, LinearOp
+from npvi.linear_ops import Convolution, Dense, LinearOp, underlying
 from npvi.posteriors import _normal_init, inverse_softplus_scale, softplus_scale
 from npvi.validation import base_distribution, check_positive_number
 
@@ -159,7 +159,7 @@ class LowRankNormal:
         self, q: LowRankNormalWeights, rng_key: jax.Array, x: jax.Array, bias: jax.Array | None, op: LinearOp
     ) -> jax.Array:
         """The diagonal part per output element, the low-rank part with one :math:`z` per example."""
-        if not isinstance(op, Dense | Convolution):
+        if not isinstance(underlying(op), Dense | Convolution):
             raise TypeError(
                 f"LowRankNormal: local reparameterization needs a dense or convolutional layer (it draws one z per "
                 f"example, the output's leading axes), got {op!r}; use the reparameterization estimator"
@@ -232,7 +232,7 @@ class MatrixVariateNormal:
         self, q: dist.MatrixNormal, rng_key: jax.Array, x: jax.Array, bias: jax.Array | None, op: LinearOp
     ) -> jax.Array:
         r""":math:`x M + \lVert x A \rVert\, \varepsilon B^\top`, one :math:`\varepsilon` per output element."""
-        if not isinstance(op, Dense):
+        if not isinstance(underlying(op), Dense):
             raise TypeError(f"MatrixVariateNormal: local reparameterization needs a dense layer, got {op!r}")
         mean = x @ q.loc
         row_scale = estimators.safe_sqrt(jnp.sum((x @ q.scale_tril_row) ** 2, axis=-1, keepdims=True))

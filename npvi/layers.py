@@ -36,7 +36,7 @@ from numpyro.primitives import Messenger, apply_stack
 
 from npvi import estimators
 from npvi.handlers import LINEAR_MESSAGE
-from npvi.linear_ops import DENSE, LinearOp
+from npvi.linear_ops import DENSE, Cast, LinearOp
 from npvi.numpyro_internals import replaying, traced_site
 from npvi.posteriors import MeanFieldNormal, PointMass, Posterior, PosteriorFamily, _normal_init
 from npvi.serialization import (
@@ -147,10 +147,13 @@ def check_estimator_supported(layer: str, estimator: str, family: Any, q: dist.D
         )
 
 
-def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior):
-    """Default behaviour of the ``npvi_linear`` message: run the chosen estimator."""
+def _forward(x, kernel, bias, *, estimator, layer, kernel_posterior, compute_dtype=None):
+    """Default behaviour of the ``npvi_linear`` message: run the chosen estimator (in ``compute_dtype``, if set).
+
+    ``compute_dtype`` comes from :class:`npvi.handlers.mixed_precision`, whose docstring has the rules.
+    """
     estimator = estimator or layer.default_estimator
-    op = layer.linear_op
+    op = layer.linear_op if compute_dtype is None else Cast(layer.linear_op, compute_dtype)
     if estimator == estimators.REPARAMETERIZATION:
         return estimators.reparameterization(x, kernel, bias, op=op)
     if kernel_posterior is None:
@@ -201,7 +204,7 @@ def apply_linear(
         "name": name,
         "fn": _forward,
         "args": (x, kernel, bias),
-        "kwargs": {"estimator": None, "layer": layer, "kernel_posterior": kernel_posterior},
+        "kwargs": {"estimator": None, "layer": layer, "kernel_posterior": kernel_posterior, "compute_dtype": None},
         "value": None,
         "scale": None,
         "infer": {},
@@ -404,16 +407,19 @@ class LinearVariational:
         x = self._check_inputs(inputs)
         _check_unique(self.name)
         shape = self._kernel_shape(x)
-        kernel_prior = self._prior(self.kernel_prior, "kernel_prior", shape, x.dtype)
+        # The weights are at least float32: a bfloat16 or float16 input (the previous layer's output
+        # under npvi.handlers.mixed_precision) is computed in that dtype, but its weights stay float32.
+        dtype = jnp.promote_types(x.dtype, jnp.float32)
+        kernel_prior = self._prior(self.kernel_prior, "kernel_prior", shape, dtype)
         kernel_msg = _sample_site(self.name, self.kernel_site, kernel_prior)
         kernel = self._check_weight(kernel_msg, shape)
         bias = None
         bias_shape = self._bias_shape()
         if self.use_bias and self.bias_prior is None:
-            bias = numpyro.param(self.bias_site, self._bias_init(bias_shape, x.dtype))
+            bias = numpyro.param(self.bias_site, self._bias_init(bias_shape, dtype))
             self._check_value("bias", bias, bias_shape)
         elif self.use_bias:
-            prior = self._prior(self.bias_prior, "bias_prior", bias_shape, x.dtype)
+            prior = self._prior(self.bias_prior, "bias_prior", bias_shape, dtype)
             bias = self._check_weight(_sample_site(self.name, self.bias_site, prior), bias_shape)
         out = apply_linear(self, self.name, x, kernel, bias, kernel_msg["infer"].get(POSTERIOR_KEY))
         if self.activation is not None:

@@ -20,6 +20,7 @@ Flipout's random signs take:
   input signs are one per id (the one sign of each one-hot row that is not multiplied by 0).
 
 A new layer type needs one such class (``__call__``, ``add_bias``, ``sign_shapes``).
+:class:`Cast` runs any of them in another dtype (mixed precision, :class:`npvi.handlers.mixed_precision`).
 
 >>> import jax.numpy as jnp
 >>> op = Convolution(strides=(1, 1), padding="SAME", dilation=(1, 1), channels_last=True)
@@ -31,6 +32,7 @@ A new layer type needs one such class (``__call__``, ``add_bias``, ``sign_shapes
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -226,6 +228,10 @@ class OneHotRows:
 
     __rmul__ = __mul__
 
+    def astype(self, dtype: Any) -> OneHotRows:
+        """The same rows with their values in ``dtype`` (as :class:`Cast` casts an input)."""
+        return OneHotRows(self.ids, self.values.astype(dtype), self.num_classes)
+
 
 @dataclass(frozen=True)
 class Embedding:
@@ -256,6 +262,87 @@ class Embedding:
 
     def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return (*tuple(x_shape)[:-1], 1), tuple(out_shape)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """``op`` computed in ``dtype``: ``x`` and the kernel cast to ``dtype`` before the op, its output after it.
+
+    What :class:`npvi.handlers.mixed_precision` gives the estimators. The output is ``dtype`` even
+    where the op's own dtype rules promote (a converted network's layer with a float32 zero bias).
+    The bias is added in float32 (at least) and the sum rounded to ``dtype``, so its gradient, a sum
+    over the batch, is summed in float32 too; a posterior family that computes part of its output
+    outside the op still gets an output in ``dtype``, since every estimator ends in ``add_bias``.
+    What the estimators form before calling the op (Flipout's ``W - mu``, local reparameterization's
+    ``sigma^2``) is computed in its operands' dtypes, float32 for float32 parameters, and rounded once.
+
+    In float16 (largest number 65504) the op's gradient is computed on a scaled cotangent
+    (:func:`_float16_op`): a kernel's gradient, a sum over the batch of an ELBO scaled by
+    ``N / batch_size``, overflows float16 otherwise.
+
+    >>> import jax.numpy as jnp
+    >>> op = Cast(DENSE, jnp.bfloat16)
+    >>> out = op.add_bias(op(jnp.ones((2, 3)), jnp.ones((3, 4))), jnp.ones(4))
+    >>> out.dtype, out[0, 0].item(), underlying(op) is DENSE
+    (dtype(bfloat16), 4.0, True)
+    """
+
+    op: LinearOp
+    dtype: Any
+
+    def __call__(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        if jnp.dtype(self.dtype) == jnp.float16 and isinstance(x, jax.Array):
+            return _float16_op(self.op, x, kernel)
+        return self.op(x.astype(self.dtype), kernel.astype(self.dtype)).astype(self.dtype)
+
+    def add_bias(self, out: jax.Array, bias: jax.Array | None) -> jax.Array:
+        if bias is None:
+            return out.astype(self.dtype)
+        wide = jnp.promote_types(jnp.result_type(bias), jnp.float32)
+        return self.op.add_bias(out.astype(wide), bias.astype(wide)).astype(self.dtype)
+
+    def sign_shapes(self, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        return self.op.sign_shapes(x_shape, out_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _float16_op(op: LinearOp, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    r"""``op(x, kernel)`` in float16, whose gradient is taken on a cotangent scaled to a maximum in [1, 2).
+
+    Loss scaling without a state (Keras' ``LossScaleOptimizer`` keeps one, and skips a step that
+    overflows): with :math:`g` the output's cotangent and :math:`s = 2^{\lfloor \log_2 \max|g|
+    \rfloor}`, the backward pass computes the op's gradients in float16 from :math:`g / s` and
+    multiplies them by :math:`s` in float32. A power of two scales exactly; the kernel's gradient
+    (float32, as the kernel) then overflows only where a sum over the batch of :math:`|x|` exceeds
+    65504, and a cotangent element is lost only below :math:`2^{-24}` of the largest. The input's
+    gradient is in the input's dtype, so a float16 input's gradient above 65504 still overflows.
+    """
+    return op(x.astype(jnp.float16), kernel.astype(jnp.float16)).astype(jnp.float16)
+
+
+def _float16_op_fwd(op: LinearOp, x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple]:
+    return _float16_op(op, x, kernel), (x, kernel)
+
+
+def _float16_op_bwd(op: LinearOp, residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda a, w: op(a, w).astype(jnp.float16), x.astype(jnp.float16), kernel.astype(jnp.float16))
+    g = g.astype(jnp.float32)
+    peak = jnp.max(jnp.abs(g))
+    scale = jnp.where(peak > 0, jnp.exp2(jnp.floor(jnp.log2(jnp.where(peak > 0, peak, 1.0)))), 1.0)
+    grad_x, grad_kernel = vjp((g / scale).astype(jnp.float16))
+    return (
+        (grad_x.astype(jnp.float32) * scale).astype(x.dtype),
+        (grad_kernel.astype(jnp.float32) * scale).astype(kernel.dtype),
+    )
+
+
+_float16_op.defvjp(_float16_op_fwd, _float16_op_bwd)
+
+
+def underlying(op: LinearOp) -> LinearOp:
+    """The op a :class:`Cast` computes in another dtype, else ``op`` (for checks of the op's type)."""
+    return op.op if isinstance(op, Cast) else op
 
 
 DENSE = Dense()
