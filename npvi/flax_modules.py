@@ -324,13 +324,13 @@ def random_nnx_module(
     cells = [parts for parts, module in modules if isinstance(module, nnx.RNNCellBase)]
     for parts, module in modules:
         path = _path(parts)
+        recurrent = any(parts[: len(cell)] == cell for cell in cells)
         einsum = _contraction(module.einsum_str) if isinstance(module, nnx.Einsum) else None
         if isinstance(einsum, str):
             unconvertible[path] = f"flax.nnx.Einsum {einsum}"
         elif isinstance(module, cannot) or (isinstance(module, nnx.LinearGeneral) and module.batch_axis):
             unconvertible[path] = f"flax.nnx.{type(module).__name__}"
         elif isinstance(module, nnx.Embed):
-            recurrent = any(parts[: len(cell)] == cell for cell in cells)
             layers.append(LayerSpec(path, "Embed", child_path(path, "embedding"), None, EMBEDDING, recurrent,
                                     vocabulary=module.num_embeddings))  # fmt: skip
             paths[path] = parts
@@ -342,7 +342,6 @@ def random_nnx_module(
                 spatial = tuple(range(-1 - rank, -1))
             bias = child_path(path, "bias") if module.bias is not None else None
             op = ModuleOp(_nnx_forward(nnx, layer_def, layer_state), spatial, einsum)
-            recurrent = any(parts[: len(cell)] == cell for cell in cells)
             layers.append(LayerSpec(path, type(module).__name__, child_path(path, "kernel"), bias, op, recurrent))
             paths[path] = parts
     values, converted = convert(

@@ -227,8 +227,7 @@ class LinearVariational:
     _CONFIG_KEYS: ClassVar[tuple[str, ...]]
     #: npvi's layers see a whole batch; a converted Equinox layer sees one example (see ``_forward``).
     example_axis: ClassVar[str | None] = None
-    #: A layer of a converted recurrent cell draws its estimator's key once per sequence (see ``_forward``).
-    sequence_key: ClassVar[jax.Array | None] = None
+    #: A layer of a converted recurrent cell uses its ``sequence_key`` at every time step (see ``_forward``).
     recurrent: ClassVar[bool] = False
     #: The arguments that set the KL choices, as errors name them (a converted network has one, ``kl``).
     kernel_kl_argument: ClassVar[str] = "kernel_kl"
