@@ -37,14 +37,16 @@ notebooks: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
 	$(BIN)/python notebooks/run.py --full
 
-# The benchmark suite (the dense MLP, the CNN of bench/conv.py, converted Flax/Equinox CNNs, the README's script
-# cold and warm in the compilation cache); the TensorFlow columns appear when the `bench` extra installs.
+# The benchmark suite (the dense MLP, the CNN of bench/conv.py, converted Flax/Equinox CNNs, a converted Flax
+# transformer block and embedding memory, the README's script cold and warm in the compilation cache); the
+# TensorFlow columns appear when the `bench` extra installs.
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	-$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/conv.py
 	$(BIN)/python bench/networks.py
+	$(BIN)/python bench/transformer.py
 	$(BIN)/python bench/compile_cache.py
 
 clean:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import conv_steps  # noqa: E402
 import steps  # noqa: E402
+import transformer  # noqa: E402
 from numpyro.infer import SVI  # noqa: E402
 
 import npvi  # noqa: E402
@@ -90,3 +92,41 @@ def test_plain_conv_loss_equals_npvi_loss(estimator):
         losses.append(plain_loss(key))
         np.testing.assert_allclose(losses[-1], npvi_loss(key), rtol=1e-5)
     assert abs(float(losses[1]) - float(losses[0])) > 1e-2  # random through the draws, not a constant
+
+
+TRANSFORMER_PROBLEM = transformer.BlockProblem(
+    vocab=30, length=5, features=8, heads=2, mlp=12, classes=3, batch=4, n=40
+)
+
+
+@pytest.mark.usefixtures("quick_xla")
+def test_plain_transformer_loss_equals_npvi_loss():
+    """bench/transformer.py's hand-written Flipout block computes npvi's loss of the converted Flax block.
+
+    Draw for draw: the same keys give the same numbers.
+
+    The log-likelihood alone (``kl_weight=0``) is compared too: the KL, the same closed form on both sides,
+    is most of the loss and would hide a likelihood computed from other draws. The params are drawn with
+    NumPy (any params do), so the only program compiled is the losses', one trace of npvi's ELBO mapped
+    over the two KL weights.
+    """
+    ids, y = TRANSFORMER_PROBLEM.batch_data(seed=2)
+    svi, params = transformer.random_params(TRANSFORMER_PROBLEM, ids, y)
+    plain = transformer.params_from_npvi(params)
+
+    @jax.jit
+    def losses(key):
+        def npvi_loss(kl_weight):
+            return npvi.ELBO(kl_weight=kl_weight).loss(key, params, svi.model, svi.guide, ids, y)
+
+        full, likelihood = jax.vmap(npvi_loss)(jnp.array([1.0, 0.0]))
+        plain_loss = transformer.plain_loss(TRANSFORMER_PROBLEM)(plain, key, ids, y)
+        return (plain_loss, plain_loss - steps.plain_kl(plain["layers"])), (full, likelihood)
+
+    likelihoods = []
+    for key in jax.random.split(jax.random.PRNGKey(0), 2):
+        got, want = losses(key)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        likelihoods.append(float(got[1]))
+    assert abs(likelihoods[1] - likelihoods[0]) > 1e-2  # random through the draws, not a constant
