@@ -43,16 +43,20 @@ of the loss, so the posterior precision :math:`\lambda(h + \delta)` includes it;
           \operatorname{clip}\!\Bigl(\frac{m / (1 - \beta_1^t) + \delta\mu}{h + \delta}, \pm r\Bigr) \\
     u &\leftarrow \operatorname{softplus}^{-1}\bigl(1/\sqrt{\lambda(h + \delta)} - \varepsilon\bigr)
 
-The :math:`h` update keeps :math:`h + \delta > 0` whatever :math:`\hat h` is. The factor
-:math:`h_0 + \delta` makes the first step an SGD step of size :math:`\alpha` (``ivon-opt``'s
-``rescale_lr``). Monte Carlo samples are the ELBO's: ``npvi.ELBO(num_particles=k)`` averages the
+The :math:`h` update keeps :math:`h + \delta > 0` whatever :math:`\hat h` is (with
+:math:`x = (1 - \beta_2)(\hat h - h) / (h + \delta)` it multiplies :math:`h + \delta` by
+:math:`1 + x + x^2/2 > 0`), also with :math:`\delta = 0`. The factor :math:`h_0 + \delta` makes the
+first step an SGD step of size :math:`\alpha` (``ivon-opt``'s ``rescale_lr``); with
+``rescale_lr=False`` it is dropped, and the first step is :math:`\alpha / (h_0 + \delta)` times SGD's.
+Monte Carlo samples are the ELBO's: ``npvi.ELBO(num_particles=k)`` averages the
 gradients, so :math:`\hat g` and :math:`\hat h` are ``ivon-opt``'s ``mc_samples=k`` averages.
 
 **Point estimates.** A ``<site>.loc`` with its ``<site>.untransformed_scale`` is a Normal
 posterior (the guide's :class:`~npvi.MeanFieldNormal` weights and its other latents). Every other
 param (a :class:`~npvi.PointMass`, such as a layer's default bias, or a model's ``numpyro.param``)
 has no noise to estimate a Hessian from: it gets the mean step with :math:`h = h_0` held fixed,
-that is SGD with momentum :math:`\beta_1`, step :math:`\alpha`, and weight decay :math:`\delta`.
+that is SGD with momentum :math:`\beta_1`, step :math:`\alpha` (:math:`\alpha / (h_0 + \delta)` with
+``rescale_lr=False``), and weight decay :math:`\delta`.
 Give it another optimiser with ``optax.multi_transform`` if that does not suit. A weight with a
 correlated posterior (:class:`~npvi.LowRankNormal`, :class:`~npvi.MatrixVariateNormal`) is a
 ``ValueError``: IVON learns a mean field. The ELBO's KL weight must be 1 (no ``kl_schedule``): the
@@ -98,14 +102,29 @@ class IVONState(NamedTuple):
     hessian: dict[str, jax.Array]
 
 
-def _positive(name: str, value: Any, *, below_one: bool = False, infinite: bool = False) -> float:
+def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"npvi.ivon: {name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    valid = value > 0 and (math.isfinite(value) or infinite) and (value < 1 or not below_one)
+    return float(value)
+
+
+def _positive(name: str, value: Any, *, infinite: bool = False) -> float:
+    value = _number(name, value)
+    if not (value > 0 and (math.isfinite(value) or infinite)):
+        raise ValueError(f"npvi.ivon: {name} must be positive{'' if infinite else ' and finite'}, got {value!r}")
+    return value
+
+
+def _within(name: str, value: Any, interval: str) -> float:
+    """``value`` in ``interval``, one of ``"[0, 1)"``, ``"[0, 1]"``, ``"[0, inf)"``, else a ``ValueError``."""
+    value = _number(name, value)
+    valid = {
+        "[0, 1)": 0.0 <= value < 1.0,
+        "[0, 1]": 0.0 <= value <= 1.0,
+        "[0, inf)": 0.0 <= value < math.inf,
+    }[interval]
     if not valid:
-        expected = "in (0, 1)" if below_one else "positive" + ("" if infinite else " and finite")
-        raise ValueError(f"npvi.ivon: {name} must be {expected}, got {value!r}")
+        raise ValueError(f"npvi.ivon: {name} must be in {interval}, got {value!r}")
     return value
 
 
@@ -153,7 +172,9 @@ def ivon(
     ``learning_rate`` (:math:`\alpha`, a number or an optax schedule of the step), ``ess``
     (:math:`\lambda`, usually the number of training rows), ``hess_init`` (:math:`h_0`),
     ``beta1``, ``beta2``, ``weight_decay`` (:math:`\delta`) and ``clip_radius`` (:math:`r`) are
-    ``ivon-opt``'s; ``rescale_lr=False`` drops the factor :math:`h_0 + \delta`. The paper's advice:
+    ``ivon-opt``'s, with its bounds: ``beta1`` in [0, 1), ``beta2`` in [0, 1] (1 holds :math:`h` at
+    :math:`h_0`), ``weight_decay`` >= 0 (``ivon-opt`` also takes ``beta1 = 1``, whose debiasing
+    divides by zero); ``rescale_lr=False`` drops the factor :math:`h_0 + \delta`. The paper's advice:
     ``beta2`` close to 1 (its default keeps :math:`h` for about :math:`10^5` steps), ``hess_init``
     small enough that the initial :math:`\sigma = 1/\sqrt{\lambda(h_0+\delta)}` does not swamp the
     weights, ``clip_radius`` about 1e-3 for large networks.
@@ -165,9 +186,9 @@ def ivon(
     """
     ess = _positive("ess", ess)
     hess_init = _positive("hess_init", hess_init)
-    beta1 = _positive("beta1", beta1, below_one=True)
-    beta2 = _positive("beta2", beta2, below_one=True)
-    weight_decay = _positive("weight_decay", weight_decay)
+    beta1 = _within("beta1", beta1, "[0, 1)")
+    beta2 = _within("beta2", beta2, "[0, 1]")
+    weight_decay = _within("weight_decay", weight_decay, "[0, inf)")
     clip_radius = _positive("clip_radius", clip_radius, infinite=True)
     if not callable(learning_rate):
         _positive("learning_rate", learning_rate)
