@@ -35,6 +35,7 @@ PAGES = [
     "layers",
     "convolutions",
     "bring_your_own_network",
+    "transformer",
     "scaling",
     "priors_and_posteriors",
     "posterior_families",
