@@ -82,6 +82,13 @@ TARGET_DETERMINISTIC = 2.5
 LN_EPSILON = 1e-6  # Flax's LayerNorm default
 
 
+def random_batch(problem: Any, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    """One fixed random minibatch: token ids ``(batch, length)`` and labels; the plate scales it by N / B."""
+    k_ids, k_y = jax.random.split(jax.random.PRNGKey(seed))
+    ids = jax.random.randint(k_ids, (problem.batch, problem.length), 0, problem.vocab)
+    return ids, jax.random.randint(k_y, (problem.batch,), 0, problem.classes)
+
+
 @dataclass(frozen=True)
 class BlockProblem:
     """Sizes of the block and of its data: vocabulary, sequence length, width, heads, MLP width, classes."""
@@ -102,10 +109,7 @@ class BlockProblem:
         )
 
     def batch_data(self, seed: int = 0) -> tuple[jax.Array, jax.Array]:
-        """One fixed random minibatch: token ids ``(batch, length)`` and labels; the plate scales it by N / B."""
-        k_ids, k_y = jax.random.split(jax.random.PRNGKey(seed))
-        ids = jax.random.randint(k_ids, (self.batch, self.length), 0, self.vocab)
-        return ids, jax.random.randint(k_y, (self.batch,), 0, self.classes)
+        return random_batch(self, seed)
 
 
 class Block(nn.Module):
@@ -343,9 +347,7 @@ class EmbeddingProblem:
         return self.batch * self.length * self.vocab
 
     def batch_data(self, seed: int = 0) -> tuple[jax.Array, jax.Array]:
-        k_ids, k_y = jax.random.split(jax.random.PRNGKey(seed))
-        ids = jax.random.randint(k_ids, (self.batch, self.length), 0, self.vocab)
-        return ids, jax.random.randint(k_y, (self.batch,), 0, self.classes)
+        return random_batch(self, seed)
 
 
 def embedding_model(problem: EmbeddingProblem, one_hot: bool) -> Callable[..., None]:
