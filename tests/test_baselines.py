@@ -124,3 +124,42 @@ def test_the_benchmark_prints_its_help(capsys):
         uci.main(["--help"])
     assert exit_info.value.code == 0
     assert f"{uci.VALIDATION_SHARE:.0%} of each split's training rows" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_heteroscedastic_model_gives_each_row_the_ensembles_softplus_scale():
+    from numpyro.handlers import seed, trace
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+    model = uci.make_model(5, "flipout", noise="heteroscedastic")
+    sites = trace(seed(model, jax.random.PRNGKey(1))).get_trace(x)
+    assert sites["sigma"]["type"] == "deterministic"  # no global noise latent
+    out, mu, sigma = sites["output"]["value"], sites["mu"]["value"], sites["sigma"]["value"]
+    assert out.shape == (7, 2) and mu.shape == sigma.shape == (7,)
+    np.testing.assert_allclose(mu, out[:, 0])
+    # The deep ensemble's scale of the second output unit: sqrt(softplus(.) + 1e-6), one per row.
+    params = {"w1": jnp.zeros((3, 1)), "b1": jnp.zeros(1), "w2": jnp.zeros((1, 2)), "b2": jnp.zeros(2)}
+    ensemble_scale = baselines.ensemble_member_output({**params, "b2": out}, jnp.zeros((7, 3)))[1]
+    np.testing.assert_allclose(sigma, ensemble_scale, rtol=1e-6)
+    assert len(np.unique(np.round(np.asarray(sigma), 6))) == 7
+    homoscedastic = trace(seed(uci.make_model(5, "flipout"), jax.random.PRNGKey(1))).get_trace(x)
+    assert homoscedastic["sigma"]["type"] == "sample" and homoscedastic["sigma"]["value"].shape == ()
+    with pytest.raises(ValueError, match="unknown noise 'poisson'"):
+        uci.make_model(5, "flipout", noise="poisson")
+
+
+def test_an_ensemble_of_variational_networks_mixes_its_members_draws():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2)).astype("float32")
+    y = (x[:, 0] + 0.1 * rng.normal(size=64)).astype("float32")
+    fit_key, predict_key = jax.random.split(jax.random.PRNGKey(0))
+    recipe = uci.Recipe(noise="heteroscedastic", members=2, held_out=0.25, num_samples=10)
+    mu, sigma = uci.train_predict(recipe, 4, fit_key, predict_key, x, y, x[:5], 3)
+    assert mu.shape == sigma.shape == (10, 5)  # 5 draws of each of the 2 members
+    assert not np.allclose(mu[:5].mean(0), mu[5:].mean(0))  # two networks, trained from different keys
+    one, _ = uci.train_predict(uci.Recipe(noise="heteroscedastic", num_samples=10), 4, fit_key, predict_key, x, y,
+                               x[:5], 3)  # fmt: skip
+    assert one.shape == (10, 5)
+    with pytest.raises(ValueError, match="members must be >= 1 and divide num_samples=10, got 3"):
+        uci.train_predict(uci.Recipe(members=3, num_samples=10), 4, fit_key, predict_key, x, y, x[:5], 3)
+    with pytest.raises(ValueError, match=r"held_out must be in \[0, 1\), got 1.0"):
+        uci.train_predict(uci.Recipe(held_out=1.0), 4, fit_key, predict_key, x, y, x[:5], 3)
