@@ -306,28 +306,28 @@ def train_predict(
         raise ValueError(f"members must be >= 1 and divide num_samples={recipe.num_samples}, got {recipe.members}")
     if not 0.0 <= recipe.held_out < 1.0:
         raise ValueError(f"held_out must be in [0, 1), got {recipe.held_out}")
+    cut = max(1, int(recipe.held_out * len(x_train))) if recipe.held_out > 0 else 0
+    if recipe.optimizer == "adam":
+        optimizer = optax.adam(recipe.learning_rate)
+    elif recipe.optimizer == "ivon":
+        optimizer = npvi.ivon(recipe.learning_rate, ess=len(x_train) - cut, hess_init=recipe.hess_init,
+                              beta2=recipe.beta2)  # fmt: skip
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected 'adam' or 'ivon'")
     model = make_model(n_hidden, recipe.estimator, kernel_posterior(recipe), recipe.noise)
+    guide = npvi.MeanFieldGuide(model)
+    svi = SVI(model, guide, optimizer, npvi.ELBO())
     fit_keys, predict_keys = (
         (key[None] if recipe.members == 1 else jax.random.split(key, recipe.members)) for key in (fit_key, predict_key)
     )
     mus, sigmas = [], []
     for fit_key, predict_key in zip(fit_keys, predict_keys, strict=True):
         x_fit, y_fit, extra = x_train, y_train, {}
-        if recipe.held_out > 0:
+        if cut:
             order = np.asarray(jax.random.permutation(jax.random.fold_in(fit_key, 1), len(x_train)))
-            cut = max(1, int(recipe.held_out * len(x_train)))
             x_fit, y_fit = x_train[order[cut:]], y_train[order[cut:]]
             extra = {"validation_data": (x_train[order[:cut]], y_train[order[:cut]]),
                      "early_stopping": npvi.EarlyStopping(patience=epochs)}  # fmt: skip
-        guide = npvi.MeanFieldGuide(model)
-        if recipe.optimizer == "adam":
-            optimizer = optax.adam(recipe.learning_rate)
-        elif recipe.optimizer == "ivon":
-            optimizer = npvi.ivon(recipe.learning_rate, ess=len(x_fit), hess_init=recipe.hess_init,
-                                  beta2=recipe.beta2)  # fmt: skip
-        else:
-            raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected 'adam' or 'ivon'")
-        svi = SVI(model, guide, optimizer, npvi.ELBO())
         result = npvi.fit(svi, fit_key, x_fit, y_fit, num_epochs=epochs, batch_size=recipe.batch_size,
                           progress_bar=False, **extra)  # fmt: skip
         draws = npvi.Predictive(model, guide, result.params, recipe.num_samples // recipe.members,

@@ -137,8 +137,8 @@ def test_the_heteroscedastic_model_gives_each_row_the_ensembles_softplus_scale()
     assert out.shape == (7, 2) and mu.shape == sigma.shape == (7,)
     np.testing.assert_allclose(mu, out[:, 0])
     # The deep ensemble's scale of the second output unit: sqrt(softplus(.) + 1e-6), one per row.
-    params = {"w1": jnp.zeros((3, 1)), "b1": jnp.zeros(1), "w2": jnp.zeros((1, 2)), "b2": jnp.zeros(2)}
-    ensemble_scale = baselines.ensemble_member_output({**params, "b2": out}, jnp.zeros((7, 3)))[1]
+    params = {"w1": jnp.zeros((3, 1)), "b1": jnp.zeros(1), "w2": jnp.zeros((1, 2)), "b2": out}  # output = b2
+    ensemble_scale = baselines.ensemble_member_output(params, jnp.zeros((7, 3)))[1]
     np.testing.assert_allclose(sigma, ensemble_scale, rtol=1e-6)
     assert len(np.unique(np.round(np.asarray(sigma), 6))) == 7
     homoscedastic = trace(seed(uci.make_model(5, "flipout"), jax.random.PRNGKey(1))).get_trace(x)
